@@ -1,0 +1,270 @@
+"""Shared math of the gradient-projection family (GPM, TRGP, CUBER): representations, bases, projection.
+
+Pure, typed functions, tested without Lightning (``tests/strategies/test_projection.py``). Conventions:
+
+- A layer's weight is viewed as a matrix ``(c_out, d)``: ``nn.Linear`` as is, ``nn.Conv2d`` as
+  ``weight.view(c_out, -1)`` with PyTorch's ``(C_in, kh, kw)`` order, ``d = C_in * kh * kw``.
+- A representation matrix ``R`` is ``(d, n)``: its columns are input vectors of the layer.
+- A memory (basis) ``M`` is ``(d, m)`` with orthonormal columns, float64; an empty memory has ``m = 0``.
+
+The trust-region and CUBER pieces live in :mod:`strategies._trust_region`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ORTH_TOL",
+    "capture_inputs",
+    "conv_representation",
+    "empty_basis",
+    "energy_rank",
+    "extend_orthonormal",
+    "linear_representation",
+    "project_out",
+    "representation",
+    "residual_rank",
+    "update_basis",
+    "weight_matrix",
+]
+
+ORTH_TOL = 1e-6
+"""Columns whose norm falls below this after orthogonalisation are dropped (spec §4.3)."""
+
+
+def weight_matrix(tensor: Tensor) -> Tensor:
+    """View a Linear/Conv weight (or its gradient) as ``(c_out, d)``; ``(c_out, C_in, kh, kw) -> (c_out, d)``."""
+    return tensor.reshape(tensor.shape[0], -1)
+
+
+def empty_basis(dim: int, *, dtype: torch.dtype = torch.float64, device: torch.device | None = None) -> Tensor:
+    """An empty memory ``(dim, 0)``."""
+    return torch.zeros(dim, 0, dtype=dtype, device=device)
+
+
+# ----------------------------------------------------------------------------------------------- representations
+def linear_representation(x: Tensor, n: int) -> Tensor:
+    """Representation of a linear layer's input: the first ``n`` captured rows as columns.
+
+    Args:
+        x: Captured input, ``(batch, ..., d)``; leading dimensions are flattened.
+        n: Number of rows to keep.
+
+    Returns:
+        ``R`` of shape ``(d, min(n, rows))``.
+    """
+    rows = x.reshape(-1, x.shape[-1])  # (batch, ..., d) -> (rows, d)
+    return rows[:n].T  # (n, d) -> (d, n)
+
+
+def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
+    """The conv's padding as two ints (``"valid"`` -> 0, ``"same"`` only when symmetric)."""
+    if conv.padding_mode != "zeros":
+        raise ValueError(f"padding_mode={conv.padding_mode!r} is not supported; valid: 'zeros'")
+    if conv.padding == "valid":
+        return (0, 0)
+    if conv.padding == "same":
+        total = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        if any(t % 2 for t in total):
+            raise ValueError(f"padding='same' with kernel {conv.kernel_size} is asymmetric; use explicit padding")
+        return (total[0] // 2, total[1] // 2)
+    return (int(conv.padding[0]), int(conv.padding[1]))  # type: ignore[index]
+
+
+def conv_representation(x: Tensor, conv: nn.Conv2d, n: int) -> Tensor:
+    """Representation of a Conv2d's input: unfolded patches (the layer's own kernel/stride/padding/dilation).
+
+    ``weight.view(c_out, -1) @ R`` reproduces the convolution output of the first ``n`` images (spec §4.2).
+
+    Args:
+        x: Captured input, ``(batch, C_in, H, W)``.
+        conv: The layer (``groups`` must be 1).
+        n: Number of images to keep.
+
+    Returns:
+        ``R`` of shape ``(d, n * L)`` with ``d = C_in * kh * kw`` and ``L`` output positions per image.
+    """
+    if conv.groups != 1:
+        raise ValueError(f"grouped convolutions (groups={conv.groups}) are not supported; valid: groups=1")
+    cols = F.unfold(x[:n], conv.kernel_size, conv.dilation, _conv_padding(conv), conv.stride)  # (n, d, L)
+    d = cols.shape[1]
+    return cols.permute(1, 0, 2).reshape(d, -1)  # (n, d, L) -> (d, n, L) -> (d, n*L)
+
+
+def representation(module: nn.Module, x: Tensor, n: int) -> Tensor:
+    """Dispatch to :func:`linear_representation` or :func:`conv_representation`.
+
+    Raises:
+        ValueError: If ``module`` is neither ``nn.Linear`` nor ``nn.Conv2d``.
+    """
+    if isinstance(module, nn.Conv2d):
+        return conv_representation(x, module, n)
+    if isinstance(module, nn.Linear):
+        return linear_representation(x, n)
+    raise ValueError(f"cannot build a representation for {type(module).__name__}; valid: nn.Linear, nn.Conv2d")
+
+
+@contextmanager
+def capture_inputs(modules: Sequence[nn.Module]) -> Iterator[list[Tensor | None]]:
+    """Capture the (first) input of every module during the forward passes run inside the block.
+
+    Forward pre-hooks are registered on entry and removed on exit. If a module runs several times, the first
+    call's input is kept.
+
+    Example:
+        >>> lin = nn.Linear(3, 2, bias=False)
+        >>> with capture_inputs([lin]) as captured:
+        ...     _ = lin(torch.ones(4, 3))
+        >>> captured[0].shape
+        torch.Size([4, 3])
+    """
+    captured: list[Tensor | None] = [None] * len(modules)
+
+    def make_hook(i: int) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> None:
+            if captured[i] is None:
+                captured[i] = args[0].detach()
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(make_hook(i)) for i, m in enumerate(modules)]
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+
+
+# ---------------------------------------------------------------------------------------------------- basis update
+def energy_rank(sq_sigma: Tensor, total: float, eps: float, *, start: float = 0.0, faithful: bool = False) -> int:
+    """Number of directions to keep so the captured energy reaches ``eps`` (spec §4.3).
+
+    Returns the smallest ``r >= 0`` with ``start + sum_{i<r} sq_sigma[i] / total >= eps`` (capped at
+    ``len(sq_sigma)``). With ``faithful=True`` and ``start == 0`` (first task), returns the official code's count of
+    prefixes whose ratio is ``< eps``, one direction fewer (spec §9, pitfall #1).
+
+    Args:
+        sq_sigma: Squared singular values, descending, ``(k,)``.
+        total: Total energy ``||R||_F^2``.
+        eps: Energy threshold in ``(0, 1]``.
+        start: Energy fraction already captured by the memory.
+        faithful: Use the official first-task rule.
+    """
+    if total <= 0 or start >= eps:
+        return 0
+    ratio = start + torch.cumsum(sq_sigma, 0) / total  # (k,)
+    below = int((ratio < eps).sum())
+    if faithful and start == 0.0:
+        return below
+    return min(below + 1, sq_sigma.numel())
+
+
+def residual_rank(sq_sigma_hat: Tensor, total: float, captured: float, eps: float) -> int:
+    """GPM Eq. 9: smallest ``r`` with ``captured + sum_{i<r} sigma_hat_i^2 / total >= eps``."""
+    return energy_rank(sq_sigma_hat, total, eps, start=captured)
+
+
+def extend_orthonormal(memory: Tensor, new: Tensor, *, tol: float = ORTH_TOL) -> Tensor:
+    """Append the directions of ``new`` to ``memory``, keeping the columns orthonormal.
+
+    The new block is orthogonalised against ``memory`` twice (block Gram-Schmidt), columns with norm ``< tol`` are
+    dropped, and the rest is orthonormalised by QR. Existing columns are never modified, and the result has at most
+    ``d`` columns.
+
+    Args:
+        memory: Orthonormal ``(d, m)``.
+        new: Candidate directions ``(d, r)``.
+        tol: Drop threshold.
+
+    Returns:
+        ``(d, m + r')`` with ``r' <= min(r, d - m)``; the first ``m`` columns are ``memory``.
+    """
+    new = new.to(memory.dtype)
+    for _ in range(2):
+        new = new - memory @ (memory.T @ new)  # (d,m)(m,r) -> (d,r)
+    new = new[:, new.norm(dim=0) >= tol]
+    if new.shape[1] == 0:
+        return memory
+    q, r = torch.linalg.qr(new)  # (d, r'), (r', r')
+    q = q[:, r.diagonal().abs() >= tol]
+    q = q - memory @ (memory.T @ q)  # (d,m)(m,r') -> (d,r'); removes round-off leakage
+    q = q / q.norm(dim=0, keepdim=True)
+    return torch.cat([memory, q[:, : memory.shape[0] - memory.shape[1]]], dim=1)
+
+
+def _svd64(rep: Tensor) -> tuple[Tensor, Tensor]:
+    """Left singular vectors and squared singular values of ``rep`` in float64."""
+    u, s, _ = torch.linalg.svd(rep.double(), full_matrices=False)  # (d, k), (k,)
+    return u, s.square()
+
+
+def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = False) -> Tensor:
+    """GPM basis update with energy threshold ``eps`` (spec §4.3).
+
+    First task (empty ``memory``): keep the top ``r`` left singular vectors of ``R``. Later tasks: SVD of the
+    residual ``R - M M^T R`` and GPM Eq. 8-9. With ``faithful=False`` the new block is appended via
+    :func:`extend_orthonormal`. ``faithful=True`` reproduces the official code: float32 SVD, first-task rank one
+    fewer, plain concatenation without re-orthonormalisation, truncation at ``d`` columns.
+
+    Args:
+        memory: Orthonormal ``(d, m)`` (``m`` may be 0).
+        rep: Representation ``(d, n)``.
+        eps: Energy threshold.
+        faithful: Official-code behaviour (spec §9, rows 1 and 2).
+
+    Returns:
+        The new memory ``(d, m')``, ``m' >= m``; it starts with the old columns.
+    """
+    if not 0.0 < eps <= 1.0:
+        raise ValueError(f"threshold={eps} is invalid; valid: 0 < threshold <= 1")
+    d = rep.shape[0]
+    if memory.shape[1] >= d:
+        return memory
+    work = rep.float() if faithful else rep.double()
+    total = float(work.square().sum())
+    if memory.shape[1] == 0:
+        u, sq = _svd64(work) if not faithful else _svd32(work)
+        r = energy_rank(sq, total, eps, faithful=faithful)
+        return extend_orthonormal(memory, u[:, :r]) if not faithful else u[:, :r].to(memory.dtype)
+    mem = memory.to(work.dtype)
+    resid = work - mem @ (mem.T @ work)  # (d,m)(m,n) -> (d,n)
+    u, sq = _svd64(resid) if not faithful else _svd32(resid)
+    captured = (total - float(resid.square().sum())) / total if total > 0 else 1.0
+    r = residual_rank(sq, total, captured, eps)
+    if r == 0:
+        return memory
+    if faithful:
+        return torch.cat([memory, u[:, :r].to(memory.dtype)], dim=1)[:, :d]
+    return extend_orthonormal(memory, u[:, :r])
+
+
+def _svd32(rep: Tensor) -> tuple[Tensor, Tensor]:
+    """As :func:`_svd64` but in float32 (official code)."""
+    u, s, _ = torch.linalg.svd(rep.float(), full_matrices=False)  # (d, k), (k,)
+    return u, s.square()
+
+
+# ------------------------------------------------------------------------------------------------------ projection
+def project_out(grad: Tensor, basis: Tensor) -> Tensor:
+    """Remove the component of ``grad`` that lies in span(``basis``): ``G - (G M) M^T`` (spec §4.5).
+
+    Args:
+        grad: One layer's gradient, ``(c_out, d)`` or a conv gradient (viewed as ``(c_out, d)``).
+        basis: Orthonormal ``(d, m)``; cast to ``grad``'s dtype.
+
+    Returns:
+        The projected gradient, same shape as ``grad``.
+    """
+    if basis.shape[1] == 0:
+        return grad
+    g = weight_matrix(grad)
+    b = basis.to(g.dtype)
+    coeffs = g @ b  # (c_out, d) @ (d, m) -> (c_out, m)
+    return (g - coeffs @ b.T).view_as(grad)  # (c_out, m) @ (m, d) -> (c_out, d)
