@@ -1,0 +1,291 @@
+"""Unit tests of the supermask building blocks (no Lightning): spec ``supermasks.md`` §14 items 1, 2, 4, 5, 6."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from strategies._kkt import choose_sources, knn_accuracy, scores_from_masks, scores_from_sources, subset_indices
+from strategies._masked_layers import MaskedConv2d, MaskedLinear, TaskBatchNorm
+from strategies._masked_model import add_task, freeze_task, layout, restore_layout, set_task, superposed
+from strategies._supermask import (
+    count_bits,
+    exclusive_bits,
+    kept_count,
+    layer_density,
+    pack_bits,
+    topk_mask,
+    union_bits,
+    unpack_bits,
+)
+from strategies._task_inference import infer_task_binary, infer_task_oneshot, mean_entropy
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ----- §14.1 top-k and straight-through estimator --------------------------------------------------------------------
+@pytest.mark.parametrize("n,density", [(10, 0.1), (37, 0.3), (1000, 0.05), (7, 1.0), (129, 0.5), (100, 0.02)])
+def test_topk_keeps_exact_count(n: int, density: float) -> None:
+    scores = torch.randn(n, generator=_gen())
+    expected = n - math.floor((1 - density) * n)
+    assert kept_count(n, density) == expected
+    mask = topk_mask(scores, density)
+    assert int(mask.sum()) == expected
+    kept, dropped = scores.abs()[mask.bool()], scores.abs()[~mask.bool()]
+    if dropped.numel():
+        assert kept.min() >= dropped.max()  # the largest |S| are the ones kept
+
+
+def test_topk_ties_cannot_change_count() -> None:
+    scores = torch.ones(6, 5) * torch.tensor([1.0, -1.0, 1.0, 1.0, -1.0])  # all |S| equal
+    for density in (0.1, 0.33, 0.5, 0.9):
+        assert int(topk_mask(scores, density).sum()) == kept_count(30, density)
+
+
+def test_density_out_of_range_is_rejected() -> None:
+    with pytest.raises(ValueError, match="density"):
+        kept_count(10, 0.0)
+    with pytest.raises(ValueError, match="density"):
+        kept_count(10, 1.5)
+
+
+@pytest.mark.parametrize("layer_cls", ["linear", "conv"])
+def test_ste_gradient_is_sign_times_grad_times_weight(layer_cls: str) -> None:
+    if layer_cls == "linear":
+        layer: nn.Module = MaskedLinear(6, 4, density=0.3, generator=_gen(1))
+        x = torch.randn(5, 6, generator=_gen(2))
+    else:
+        layer = MaskedConv2d(3, 4, 3, density=0.3, padding=1, generator=_gen(1))
+        x = torch.randn(2, 3, 5, 5, generator=_gen(2))
+    layer.add_task(0, _gen(3))
+    y = layer(x)
+    upstream = torch.randn(y.shape, generator=_gen(4))
+    (y * upstream).sum().backward()
+    # dL/dW_eff computed independently, with the same effective weight as a leaf
+    w_eff = (layer.weight * layer.bool_mask(0)).detach().requires_grad_(True)
+    y2 = (
+        torch.nn.functional.linear(x, w_eff)
+        if layer_cls == "linear"
+        else torch.nn.functional.conv2d(x, w_eff, padding=1)
+    )
+    (y2 * upstream).sum().backward()
+    scores = layer.scores["0"]
+    expected = torch.sign(scores.detach()) * w_eff.grad * layer.weight.detach()
+    torch.testing.assert_close(scores.grad, expected)
+    assert (scores.grad[~layer.bool_mask(0)] != 0).any()  # dead edges still receive gradient
+
+
+def test_erdos_renyi_density() -> None:
+    assert layer_density((20, 10, 3, 3), "erdos_renyi", 0.1, 2.0) == pytest.approx(2.0 * 30 / 1800)
+    assert layer_density((4, 3), "erdos_renyi", 0.1, 8.0) == 0.5  # capped
+    assert layer_density((4, 3), "uniform", 0.07, 8.0) == 0.07
+    with pytest.raises(ValueError, match="erdos_renyi"):
+        layer_density((4, 3), "er", 0.1, 1.0)  # type: ignore[arg-type]
+
+
+# ----- §14.2 initialisation ------------------------------------------------------------------------------------------
+def test_signed_constant_and_score_bounds() -> None:
+    conv = MaskedConv2d(8, 16, 3, density=0.1, generator=_gen())
+    conv.add_task(0, _gen(1))
+    fan_in = 8 * 3 * 3
+    torch.testing.assert_close(conv.weight.abs(), torch.full_like(conv.weight, math.sqrt(2) / math.sqrt(fan_in)))
+    assert 0.4 < (conv.weight > 0).float().mean() < 0.6
+    scores = conv.scores["0"]
+    assert scores.abs().max() <= 1 / math.sqrt(fan_in)
+    assert scores.abs().max() > 0.95 / math.sqrt(fan_in)  # the bound is actually reached, not a narrower range
+    same = MaskedConv2d(8, 16, 3, density=0.1, generator=_gen())
+    assert torch.equal(same.weight, conv.weight)  # the weight seed fixes W
+
+
+# ----- §14.4 (pure part) exclusive masks, §14.5 bit packing -----------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (13, 5), (4, 3, 3, 3)])
+def test_pack_bits_round_trip(shape: tuple[int, ...]) -> None:
+    mask = torch.rand(shape, generator=_gen()) < 0.4
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(mask.numel() / 8)
+    assert torch.equal(unpack_bits(packed, shape), mask)
+    assert count_bits(packed) == int(mask.sum())
+
+
+def test_union_and_exclusive_masks() -> None:
+    masks = [torch.rand(50, generator=_gen(i)) < 0.3 for i in range(3)]
+    packed = [pack_bits(m) for m in masks]
+    union = union_bits(packed[:2], packed[0].numel())
+    assert torch.equal(unpack_bits(union, (50,)), masks[0] | masks[1])
+    excl = unpack_bits(exclusive_bits(packed[2], union), (50,))
+    assert torch.equal(excl, masks[2] & ~(masks[0] | masks[1]))
+    assert not (excl & unpack_bits(union, (50,))).any()  # E_t and U_t are disjoint
+    assert count_bits(union_bits([], 7)) == 0
+
+
+def test_layer_exclusive_mask_excludes_frozen_tasks() -> None:
+    layer = MaskedLinear(20, 10, density=0.3, generator=_gen())
+    for t in range(3):
+        layer.add_task(t, _gen(t + 10))
+        excl = layer.exclusive_mask(t)
+        previous = torch.zeros_like(excl)
+        for s in range(t):
+            previous |= layer.bool_mask(s)
+        assert torch.equal(excl, layer.bool_mask(t) & ~previous)
+        layer.freeze_task(t, "bits")
+    assert layer.union_count() == int((layer.bool_mask(0) | layer.bool_mask(1) | layer.bool_mask(2)).sum())
+
+
+def test_mask_init_from_bits_reproduces_source_mask() -> None:
+    layer = MaskedConv2d(4, 6, 3, density=0.1, generator=_gen())
+    layer.add_task(0, _gen(1))
+    source = layer.bool_mask(0)
+    init = scores_from_masks([source], _gen(2))
+    assert (init > 0).all()
+    assert torch.equal(topk_mask(init, 0.1).bool(), source)
+    other = torch.rand(source.shape, generator=_gen(3)) < 0.1
+    two = topk_mask(scores_from_masks([source, other], _gen(4)), 0.1).bool()
+    both = source & other
+    assert (two | ~both).all()  # weights chosen by both sources rank first
+    torch.testing.assert_close(scores_from_sources([init, 3 * init]), 2 * init)
+
+
+# ----- §14.6 KNN probe and source choice -----------------------------------------------------------------------------
+def _blobs(separation: float, n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = _gen(seed)
+    labels = torch.randint(0, 3, (n,), generator=g)
+    centres = torch.eye(3, 5) * separation
+    return centres[labels] + torch.randn(n, 5, generator=g), labels
+
+
+def test_knn_probe_separable_vs_noise() -> None:
+    feats, labels = _blobs(10.0)
+    assert knn_accuracy(feats, labels, k=20) > 0.95
+    assert knn_accuracy(feats, labels, k=10_000) == knn_accuracy(feats, labels, k=198)  # k clamped to 198 refs
+    noise, _ = _blobs(0.0, seed=1)
+    assert knn_accuracy(noise, labels, k=15) < 0.5
+
+
+def test_knn_ties_go_to_smallest_label_and_split_in_order() -> None:
+    feats = torch.tensor([[0.0], [0.0], [0.0], [0.0], [0.0], [0.0]])
+    labels = torch.tensor([2, 1, 1, 2, 0, 1])  # reference = first 3 rows (floor 0.66*6), votes 1:2, 2:1
+    assert knn_accuracy(feats, labels, k=200) == pytest.approx(1 / 3)  # all queries predicted 1
+    labels = torch.tensor([2, 1, 0, 2, 1, 0])  # one vote each -> label 0
+    assert knn_accuracy(feats, labels, k=3) == pytest.approx(1 / 3)
+
+
+def test_choose_sources_modes() -> None:
+    accs = [0.2, 0.9, 0.6]
+    assert choose_sources(accs, 2, "knn_best") == [1]
+    assert choose_sources(accs, 2, "knn_all") == [1, 2]
+    assert choose_sources(accs, 2, "knn_always") == [1]
+    assert choose_sources(accs, 2, "none") == []
+    below = [0.3, 0.45]
+    assert choose_sources(below, 2, "knn_best") == []  # nothing beats chance: random init
+    assert choose_sources(below, 2, "knn_always") == [1]
+    with pytest.raises(ValueError, match="knn_best"):
+        choose_sources(accs, 2, "best")  # type: ignore[arg-type]
+
+
+def test_knn_separable_source_is_chosen_end_to_end() -> None:
+    _, labels = _blobs(0.0)
+    good = torch.eye(3, 5)[labels] * 10 + torch.randn(300, 5, generator=_gen(5))
+    bad = torch.randn(300, 5, generator=_gen(6))
+    accs = [knn_accuracy(bad, labels, 50), knn_accuracy(good, labels, 50), knn_accuracy(bad * 2, labels, 50)]
+    assert choose_sources(accs, 3, "knn_best") == [1]
+
+
+def test_subset_indices_seeded() -> None:
+    a, b = subset_indices(100, 0.2, _gen(3)), subset_indices(100, 0.2, _gen(3))
+    assert torch.equal(a, b) and a.numel() == 20 and a.unique().numel() == 20
+    with pytest.raises(ValueError, match="data_fraction"):
+        subset_indices(10, 0.0, _gen())
+
+
+# ----- layers: caching, freezing, superposition, checkpoint layout ---------------------------------------------------
+def _net(density: float = 0.2) -> nn.Sequential:
+    g = _gen(7)
+    return nn.Sequential(
+        MaskedLinear(6, 8, density, g), TaskBatchNorm(8, dim=1), nn.ReLU(), MaskedLinear(8, 3, density, g)
+    )
+
+
+def _train_bn(net: nn.Module, task: int, x: torch.Tensor) -> None:
+    set_task(net, task)
+    net.train()
+    with torch.no_grad():
+        net(x + task)  # distinct running statistics per task
+
+
+def test_eval_cache_follows_score_updates_and_freeze_keeps_outputs() -> None:
+    net, x = _net(), torch.randn(16, 6, generator=_gen(1))
+    add_task(net, 0, _gen(2))
+    _train_bn(net, 0, x)
+    net.eval()
+    before = net(x)
+    with torch.no_grad():
+        net[0].scores["0"].mul_(torch.rand(6, generator=_gen(3)))  # in-place change -> new mask
+    changed = net(x)
+    net.train()
+    assert torch.equal(net.eval()(x), changed) and not torch.equal(changed, before)
+    freeze_task(net, 0, "bits")
+    assert len(net[0].scores) == 0 and 0 in net[0].masks
+    assert torch.equal(net(x), changed)
+
+
+def test_superposition_one_hot_matches_task_and_mixture_bn() -> None:
+    net, x = _net(), torch.randn(16, 6, generator=_gen(1))
+    for t in range(3):
+        add_task(net, t, _gen(10 + t))
+        _train_bn(net, t, x)
+        freeze_task(net, t, "float" if t == 1 else "bits")
+    net.eval()
+    set_task(net, 1)
+    expected = net(x)
+    with superposed(net, [0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "mixture"):
+        torch.testing.assert_close(net(x), expected)
+    with superposed(net, [0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "batch"):
+        assert not torch.allclose(net(x), expected)  # batch statistics differ from task 1's running ones
+    assert torch.equal(net(x), expected)  # superposition switched off again
+    assert torch.equal(net[0].real_scores(1), net[0].kept_scores.get(1))
+    with pytest.raises(KeyError):
+        net[0].real_scores(0)
+
+
+def test_layout_round_trip_restores_outputs() -> None:
+    net, x = _net(), torch.randn(16, 6, generator=_gen(1))
+    for t in range(2):
+        add_task(net, t, _gen(10 + t))
+        _train_bn(net, t, x)
+    freeze_task(net, 0, "float")
+    fresh = _net()
+    restore_layout(fresh, layout(net))
+    fresh.load_state_dict(net.state_dict())
+    for t in range(2):
+        set_task(net, t)
+        set_task(fresh, t)
+        assert torch.equal(fresh.eval()(x), net.eval()(x))
+
+
+def test_unknown_task_raises() -> None:
+    net = _net()
+    add_task(net, 0, _gen())
+    set_task(net, 4)
+    with pytest.raises(KeyError, match="task 4"):
+        net(torch.randn(2, 6))
+
+
+# ----- one-shot task inference (pure) ---------------------------------------------------------------------------------
+def test_oneshot_and_binary_pick_lowest_entropy_direction() -> None:
+    g = _gen(0)
+    per_task = {t: torch.randn(8, 5, generator=g) * 0.1 for t in range(6)}
+    per_task[3] = torch.eye(5)[torch.arange(8) % 5] * 8.0  # the confident task
+
+    def forward(alpha: torch.Tensor, tasks: list[int]) -> torch.Tensor:
+        return sum(a * per_task[t] for a, t in zip(alpha, tasks))  # type: ignore[return-value]
+
+    assert infer_task_oneshot(forward, [0, 1, 2, 3, 4, 5]) == 3
+    assert infer_task_binary(forward, [0, 1, 2, 3, 4, 5]) == 3
+    assert infer_task_oneshot(forward, [0, 1, 2]) in (0, 1, 2)  # only learned tasks are candidates
+    uniform = torch.zeros(4, 5)
+    assert mean_entropy(uniform) == pytest.approx(math.log(5))
