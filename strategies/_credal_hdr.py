@@ -1,0 +1,204 @@
+"""Combination of knowledge-base points, highest density regions (HDR) and model sampling for IBCL.
+
+Convention: ``alpha`` is the paper's, the HDR has probability mass ``1 - alpha`` (smaller alpha, wider region).
+The official code, since its commit 3680d7a, passes the interval *mass* instead; :func:`paper_alpha` maps it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "HDR",
+    "build_hdr",
+    "hdr_box",
+    "mixture_log_prob",
+    "mixture_threshold",
+    "moment_average",
+    "paper_alpha",
+    "sample_box",
+    "sample_mixture",
+    "sample_mixture_hdr",
+    "z_value",
+]
+
+Combine = Literal["moment_average", "mixture"]
+SamplePer = Literal["coordinate", "tensor"]
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def paper_alpha(alpha: float, convention: Literal["paper", "code"] = "paper") -> float:
+    """Alpha in the paper's convention; ``convention="code"`` reads ``alpha`` as interval mass (code 0.99 -> 0.01)."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if convention == "paper":
+        return float(alpha)
+    if convention == "code":
+        return 1.0 - float(alpha)
+    raise ValueError(f"convention={convention!r} is not one of ['paper', 'code']")
+
+
+def z_value(alpha: float) -> float:
+    """Half-width in standard deviations of the central interval of mass ``1 - alpha``: ``Phi^-1(1 - alpha/2)``."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    return NormalDist().inv_cdf(1.0 - alpha / 2.0)
+
+
+def moment_average(beta: Tensor, mus: Tensor, sigmas: Tensor) -> tuple[Tensor, Tensor]:
+    """The official combination: ``mu_hat = sum beta mu`` and ``sigma_hat = sum beta sigma`` (linear in sigma).
+
+    This is neither the mixture nor its moment match (whose variance is ``sum beta (sigma^2 + mu^2) - mu_hat^2``).
+
+    Args:
+        beta: Convex weights, (E,).
+        mus: Means, (E, P).
+        sigmas: Standard deviations, (E, P).
+
+    Returns:
+        ``(mu_hat, sigma_hat)``, (P,) each.
+    """
+    b = beta.to(mus.dtype)
+    return b @ mus, b @ sigmas  # (E,) @ (E, P) -> (P,)
+
+
+def hdr_box(mu: Tensor, sigma: Tensor, alpha: float) -> tuple[Tensor, Tensor]:
+    """Per-coordinate HDR ``[mu - z sigma, mu + z sigma]`` with ``z = Phi^-1(1 - alpha/2)``.
+
+    Every coordinate's interval has mass ``1 - alpha``; the box they span has mass ``(1 - alpha)^P`` under the
+    diagonal Gaussian, so it is the product of marginal HDRs, not the joint HDR of mass ``1 - alpha``.
+    """
+    z = z_value(alpha)
+    return mu - z * sigma, mu + z * sigma
+
+
+def sample_box(lo: Tensor, hi: Tensor, k: int, *, per: SamplePer = "coordinate",
+               segments: Sequence[int] | None = None, generator: torch.Generator | None = None) -> Tensor:
+    """``k`` parameter vectors ``lo + u (hi - lo)`` in the box.
+
+    ``per="coordinate"`` draws an independent ``u_c ~ U(0, 1)`` per coordinate (uniform over the box).
+    ``per="tensor"`` is the official code's one ``u`` per parameter tensor (faithful mode); it needs the
+    tensor lengths ``segments`` (see ``_bayes.segment_lengths``).
+
+    Returns:
+        (k, P) samples.
+    """
+    if per == "coordinate":
+        u = torch.rand(k, lo.numel(), generator=generator, dtype=lo.dtype)  # (k, P)
+    elif per == "tensor":
+        if segments is None or sum(segments) != lo.numel():
+            raise ValueError(f"per='tensor' needs segments summing to P={lo.numel()}, got {segments}")
+        u_seg = torch.rand(k, len(segments), generator=generator, dtype=lo.dtype)  # (k, n_tensors)
+        u = u_seg.repeat_interleave(torch.as_tensor(list(segments)), dim=1)  # (k, n_tensors) -> (k, P)
+    else:
+        raise ValueError(f"per={per!r} is not one of ['coordinate', 'tensor']")
+    return lo + u.to(lo.device) * (hi - lo)
+
+
+def mixture_log_prob(theta: Tensor, beta: Tensor, mus: Tensor, sigmas: Tensor) -> Tensor:
+    """Exact log-density of the mixture ``sum_e beta_e N(mu_e, diag sigma_e^2)`` at each row of ``theta``.
+
+    Computed in float64 as a logsumexp over components with positive weight; the quadratic forms are matmuls
+    on coordinates centred at the first component's mean.
+
+    Args:
+        theta: Points, (n, P).
+        beta: Weights, (E,).
+        mus: Means, (E, P).
+        sigmas: Standard deviations, (E, P).
+
+    Returns:
+        (n,) log-densities.
+    """
+    keep = beta > 0
+    b, mu, sig = beta[keep].double(), mus[keep].double(), sigmas[keep].double()
+    centre = mu[0]
+    z, mu_c = theta.double() - centre, mu - centre  # (n, P), (E, P)
+    prec = sig.pow(-2)  # (E, P)
+    quad = z.pow(2) @ prec.T - 2.0 * z @ (mu_c * prec).T + (mu_c.pow(2) * prec).sum(-1)  # (n, P) @ (P, E) -> (n, E)
+    log_norm = -torch.log(sig).sum(-1) - 0.5 * mu.shape[1] * _LOG_2PI  # (E,)
+    return torch.logsumexp(torch.log(b) + log_norm - 0.5 * quad, dim=1)
+
+
+def sample_mixture(beta: Tensor, mus: Tensor, sigmas: Tensor, n: int,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """``n`` draws from the mixture: a component ``e ~ Cat(beta)``, then ``N(mu_e, diag sigma_e^2)``; (n, P)."""
+    comp = torch.multinomial(beta.double(), n, replacement=True, generator=generator)  # (n,)
+    eps = torch.randn(n, mus.shape[1], generator=generator, dtype=mus.dtype)  # (n, P)
+    return mus[comp] + sigmas[comp] * eps
+
+
+def mixture_threshold(beta: Tensor, mus: Tensor, sigmas: Tensor, alpha: float, *, n_samples: int = 10_000,
+                      generator: torch.Generator | None = None, chunk: int = 1_000) -> float:
+    """``tau_alpha``: the alpha-quantile of ``log q(theta)`` over ``n_samples`` draws from the mixture ``q``."""
+    logp = [mixture_log_prob(sample_mixture(beta, mus, sigmas, min(chunk, n_samples - s), generator), beta, mus,
+                             sigmas) for s in range(0, n_samples, chunk)]
+    return float(torch.quantile(torch.cat(logp), alpha))
+
+
+def sample_mixture_hdr(beta: Tensor, mus: Tensor, sigmas: Tensor, tau: float, k: int, *,
+                       generator: torch.Generator | None = None, max_rounds: int = 100) -> tuple[Tensor, float]:
+    """``k`` draws from the mixture restricted to its HDR ``{log q >= tau}`` by rejection.
+
+    Returns:
+        ``(samples (k, P), acceptance rate)``; the rate is about ``1 - alpha`` when ``tau = tau_alpha``.
+    """
+    accepted: list[Tensor] = []
+    drawn = kept = 0
+    for _ in range(max_rounds):
+        cand = sample_mixture(beta, mus, sigmas, max(k, 16), generator)
+        ok = mixture_log_prob(cand, beta, mus, sigmas) >= tau
+        accepted.append(cand[ok])
+        drawn, kept = drawn + cand.shape[0], kept + int(ok.sum())
+        if kept >= k:
+            return torch.cat(accepted)[:k], kept / drawn
+    raise RuntimeError(f"rejection sampling accepted {kept} of {drawn} draws, fewer than k={k}; is tau={tau} too high?")
+
+
+@dataclass
+class HDR:
+    """The region a preference maps to, with its reference ("mean") model.
+
+    For ``kind="moment_average"`` it is the box ``[lo, hi]``; for ``kind="mixture"`` the level set
+    ``{log q >= tau}`` of the mixture ``(beta, mus, sigmas)``.
+    """
+
+    kind: Combine
+    mean: Tensor
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+    beta: Tensor | None = None
+    mus: Tensor | None = None
+    sigmas: Tensor | None = None
+    tau: float = float("-inf")
+
+    def sample(self, k: int, *, generator: torch.Generator | None = None, per: SamplePer = "coordinate",
+               segments: Sequence[int] | None = None) -> Tensor:
+        """``k`` deterministic models (parameter vectors) from the region, (k, P)."""
+        if self.kind == "moment_average":
+            assert self.lo is not None and self.hi is not None
+            return sample_box(self.lo, self.hi, k, per=per, segments=segments, generator=generator)
+        assert self.beta is not None and self.mus is not None and self.sigmas is not None
+        return sample_mixture_hdr(self.beta, self.mus, self.sigmas, self.tau, k, generator=generator)[0]
+
+
+def build_hdr(beta: Tensor, mus: Tensor, sigmas: Tensor, alpha: float, *, combine: Combine = "moment_average",
+              n_hdr_samples: int = 10_000, generator: torch.Generator | None = None) -> HDR:
+    """Map convex weights over the KB points ``(E,)``, ``(E, P)``, ``(E, P)`` to the HDR at level ``alpha``."""
+    if combine == "moment_average":
+        mu_hat, sigma_hat = moment_average(beta, mus, sigmas)
+        lo, hi = hdr_box(mu_hat, sigma_hat, alpha)
+        return HDR("moment_average", mu_hat, lo=lo, hi=hi)
+    if combine == "mixture":
+        keep = beta > 0
+        b, mu, sig = beta[keep], mus[keep], sigmas[keep]
+        tau = mixture_threshold(b, mu, sig, alpha, n_samples=n_hdr_samples, generator=generator)
+        return HDR("mixture", b.to(mu.dtype) @ mu, beta=b, mus=mu, sigmas=sig, tau=tau)  # (E,) @ (E, P) -> (P,)
+    raise ValueError(f"combine={combine!r} is not one of ['moment_average', 'mixture']")
