@@ -1,0 +1,231 @@
+"""Experiences and scenarios: the data contract between streams and strategies (DESIGN.md §2.1).
+
+Strategies never see Avalanche types: every experience holds :class:`TensorData`, plain tensors that are batched
+by indexing (no per-sample Python work). Scenarios subclass :class:`ContinualDataModule`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+
+from clkit.errors import ConfigError, DataError
+
+__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "make_loader", "split_train_val", "ContinualDataModule"]
+
+Setting = Literal["task-il", "domain-il", "class-il"]
+SETTINGS: tuple[str, ...] = ("task-il", "domain-il", "class-il")
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class TensorData(Dataset):
+    """Samples ``x`` with labels ``y`` and task ids ``t``, indexed a whole batch at a time.
+
+    ``data[idx]`` with an int, a list or a tensor of indices returns ``(x[idx], y[idx], t[idx])``; ``transform``
+    (optional) is applied to the batch of inputs, e.g. ``uint8 -> float`` normalisation.
+    """
+
+    x: Tensor
+    y: Tensor
+    t: Tensor
+    transform: Optional[Callable[[Tensor], Tensor]] = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        n = self.x.shape[0]
+        if self.y.shape != (n,) or self.t.shape != (n,):
+            raise DataError(f"TensorData needs y and t of shape ({n},), got {tuple(self.y.shape)} and "
+                            f"{tuple(self.t.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def __getitem__(self, idx: Any) -> Batch:
+        if isinstance(idx, list):
+            idx = torch.as_tensor(idx, dtype=torch.long)
+        x = self.x[idx]
+        if self.transform is not None:
+            x = self.transform(x)
+        return x, self.y[idx], self.t[idx]
+
+    def subset(self, idx: Tensor) -> "TensorData":
+        """The samples at ``idx`` (a new object sharing nothing mutable with this one)."""
+        return TensorData(self.x[idx], self.y[idx], self.t[idx], self.transform)
+
+    @staticmethod
+    def concat(parts: Sequence["TensorData"]) -> "TensorData":
+        """Concatenate several parts; they must share their ``transform``."""
+        if not parts:
+            raise DataError("cannot concatenate zero TensorData parts")
+        if len(parts) == 1:
+            return parts[0]
+        return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
+                          torch.cat([p.t for p in parts]), parts[0].transform)
+
+
+@dataclass(frozen=True, eq=False)
+class Experience:
+    """One step of a stream: a task for task-IL, a domain or a set of new classes otherwise.
+
+    Attributes:
+        index: Position in the stream (0-based).
+        task_id: Task label; equals ``index`` in clkit streams (the head used in task-IL).
+        classes: Original class ids present in this experience, sorted.
+        train: Training samples; in task-IL the labels are local, ``0..len(classes)-1``.
+        val: Held-out validation samples carved from the training data (``None`` when ``val_fraction == 0``).
+        test: Test samples.
+        name: Human-readable description, e.g. ``"classes 0,1"``.
+    """
+
+    index: int
+    task_id: int
+    classes: tuple[int, ...]
+    train: TensorData
+    val: Optional[TensorData]
+    test: TensorData
+    name: str = ""
+
+
+def make_loader(data: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader that fetches each batch with one indexing call.
+
+    The sampler yields lists of indices (a ``BatchSampler`` used as the sampler, ``batch_size=None``), so Lightning can
+    still shard it across DDP ranks. Shuffling uses its own generator seeded with ``seed``: the order does not depend
+    on the global random state.
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if shuffle:
+        base: Any = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
+    else:
+        base = SequentialSampler(data)
+    return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
+
+
+def split_train_val(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData, Optional[TensorData]]:
+    """Split at random (seeded) into train and validation parts; ``val_fraction == 0`` gives no validation part.
+
+    Raises:
+        DataError: If the fraction is outside [0, 1) or leaves an empty part.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return data, None
+    n = len(data)
+    n_val = int(round(val_fraction * n))
+    if n_val == 0 or n_val == n:
+        raise DataError(f"val_fraction={val_fraction} of {n} samples leaves an empty train or validation split")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return data.subset(perm[n_val:]), data.subset(perm[:n_val])
+
+
+class ContinualDataModule(pl.LightningDataModule):
+    """Base class of every scenario (``data`` in a config).
+
+    Subclasses implement :meth:`build` (experiences in their natural order, already materialised as tensors) and set
+    ``setting`` / ``task_ids_at_test``. This class adds the seeded validation split helpers, task reordering
+    (``task_order`` or a seeded shuffle) and the loaders the stream loop uses.
+
+    Args:
+        seed: Seed of every random choice of the scenario (class order, permutations, validation split).
+        val_fraction: Fraction of each experience's training data held out for validation.
+        batch_size: Training batch size.
+        eval_batch_size: Batch size for validation and test.
+        task_order: Explicit order of the experiences (a permutation of ``range(n)``).
+        shuffle_tasks: Shuffle the experience order with ``seed`` (ignored when ``task_order`` is given).
+    """
+
+    setting: Setting = "class-il"
+    task_ids_at_test: bool = False
+
+    def __init__(self, *, seed: int = 0, val_fraction: float = 0.1, batch_size: int = 64, eval_batch_size: int = 256,
+                 task_order: Optional[list[int]] = None, shuffle_tasks: bool = False) -> None:
+        super().__init__()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ConfigError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        self.seed = seed
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.task_order = task_order
+        self.shuffle_tasks = shuffle_tasks
+        self._experiences: Optional[list[Experience]] = None
+
+    # -- to implement ---------------------------------------------------------------------------------------------
+    def build(self) -> list[Experience]:
+        """Return the experiences in their natural order (called once, lazily)."""
+        raise NotImplementedError
+
+    # -- public contract ------------------------------------------------------------------------------------------
+    @property
+    def experiences(self) -> list[Experience]:
+        if self._experiences is None:
+            self._experiences = self._reorder(self.build())
+        return self._experiences
+
+    def __len__(self) -> int:
+        return len(self.experiences)
+
+    @property
+    def num_classes(self) -> int:
+        """Output width of a shared head: all classes (class-IL, domain-IL) or the largest task (task-IL)."""
+        if self.setting == "task-il":
+            return max(len(e.classes) for e in self.experiences)
+        return 1 + max(int(e.train.y.max()) for e in self.experiences)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.experiences[0].train.x.shape[1:])
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        self.experiences  # noqa: B018  (build once, on every rank)
+
+    def train_loader(self, data: TensorData, experience_index: int) -> DataLoader:
+        return make_loader(data, self.batch_size, shuffle=True, seed=self.seed * 100_003 + experience_index)
+
+    def eval_loader(self, data: TensorData) -> DataLoader:
+        return make_loader(data, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self.eval_loader(e.test) for e in self.experiences]
+
+    # -- helpers for subclasses -----------------------------------------------------------------------------------
+    def make_experience(self, index: int, classes: Sequence[int], train: TensorData, test: TensorData,
+                        name: str = "") -> Experience:
+        """An experience with the seeded validation split carved from ``train``."""
+        tr, val = split_train_val(train, self.val_fraction, seed=self.seed * 7919 + index)
+        return Experience(index, index, tuple(int(c) for c in classes), tr, val, test, name)
+
+    def _reorder(self, exps: list[Experience]) -> list[Experience]:
+        n = len(exps)
+        if self.task_order is not None:
+            order = list(self.task_order)
+            if sorted(order) != list(range(n)):
+                raise ConfigError(f"task_order={order} is not a permutation of range({n})")
+        elif self.shuffle_tasks:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed)).tolist()
+        else:
+            return exps
+        return [_with_position(exps[old], new) for new, old in enumerate(order)]
+
+
+def _with_position(exp: Experience, pos: int) -> Experience:
+    """The same experience moved to position ``pos`` (its task ids follow the position)."""
+    def retag(d: Optional[TensorData]) -> Optional[TensorData]:
+        return None if d is None else TensorData(d.x, d.y, torch.full_like(d.t, pos), d.transform)
+
+    train, test = retag(exp.train), retag(exp.test)
+    assert train is not None and test is not None
+    return Experience(pos, pos, exp.classes, train, retag(exp.val), test, exp.name)

@@ -1,0 +1,133 @@
+r"""The accuracy matrix and the continual-learning metrics computed from it (DESIGN.md §2.5).
+
+Notation: ``R`` is the (T, T) accuracy matrix, row ``i`` measured right after training experience ``i``, column ``j``
+the test data of experience ``j``; ``b`` holds the accuracies of the untrained model. All values are fractions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torchmetrics
+from torch import Tensor
+
+__all__ = [
+    "AccuracyMatrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "learning_accuracy",
+    "stream_metrics",
+]
+
+
+class AccuracyMatrix(torchmetrics.Metric):
+    """Correct / total counts per (row, test experience); ``compute()`` returns the accuracy matrix.
+
+    Summed across DDP ranks. Cells never updated are NaN. Never pass this object to ``self.log``: Lightning would
+    reset it at epoch end.
+
+    Args:
+        num_experiences: T, the number of columns (test experiences).
+        num_rows: Number of rows; T by default (use 1 for the untrained model's row).
+    """
+
+    higher_is_better = True
+    full_state_update = False
+
+    def __init__(self, num_experiences: int, num_rows: int | None = None) -> None:
+        super().__init__()
+        if num_experiences < 1:
+            raise ValueError(f"num_experiences must be >= 1, got {num_experiences}")
+        rows = num_experiences if num_rows is None else num_rows
+        self.num_experiences = num_experiences
+        self.add_state("correct", torch.zeros(rows, num_experiences, dtype=torch.float64), dist_reduce_fx="sum",
+                       persistent=True)
+        self.add_state("total", torch.zeros(rows, num_experiences, dtype=torch.float64), dist_reduce_fx="sum",
+                       persistent=True)
+
+    def update(self, preds: Tensor, target: Tensor, *, train_exp: int, eval_exp: int) -> None:  # type: ignore[override]
+        """Add a batch of predicted labels ``preds`` (N,) against ``target`` (N,) to cell (train_exp, eval_exp)."""
+        self.correct[train_exp, eval_exp] += (preds == target).sum().to(self.correct.dtype)
+        self.total[train_exp, eval_exp] += target.numel()
+
+    def compute(self) -> Tensor:
+        out = self.correct / self.total
+        return torch.where(self.total > 0, out, torch.full_like(out, float("nan")))
+
+
+def _check(acc: Tensor) -> int:
+    if acc.ndim != 2 or acc.shape[0] != acc.shape[1] or acc.shape[0] < 1:
+        raise ValueError(f"expected a square (T, T) accuracy matrix with T >= 1, got shape {tuple(acc.shape)}")
+    return int(acc.shape[0])
+
+
+def average_accuracy(acc: Tensor) -> Tensor:
+    r"""Final average accuracy.
+
+    .. math:: \mathrm{ACC} = \frac{1}{T} \sum_{j=0}^{T-1} R_{T-1,j}
+
+    Lopez-Paz & Ranzato, "Gradient Episodic Memory for Continual Learning", NeurIPS 2017.
+    """
+    _check(acc)
+    return acc[-1].mean()
+
+
+def learning_accuracy(acc: Tensor) -> Tensor:
+    r"""Mean accuracy on each experience right after learning it: :math:`\frac{1}{T}\sum_j R_{j,j}`."""
+    _check(acc)
+    return acc.diagonal().mean()
+
+
+def backward_transfer(acc: Tensor) -> Tensor:
+    r"""Backward transfer; negative values mean forgetting.
+
+    .. math:: \mathrm{BWT} = \frac{1}{T-1} \sum_{j=0}^{T-2} (R_{T-1,j} - R_{j,j})
+
+    Lopez-Paz & Ranzato, NeurIPS 2017 (GEM). Avalanche's ``StreamForgetting`` ("accuracy right after training minus
+    final accuracy") equals ``-BWT``. Returns 0 when T == 1.
+    """
+    t = _check(acc)
+    if t == 1:
+        return acc.new_zeros(())
+    drop = acc[-1, : t - 1] - acc.diagonal()[: t - 1]  # (T-1,)
+    return drop.mean()
+
+
+def forward_transfer(acc: Tensor, random_init: Tensor) -> Tensor:
+    r"""Forward transfer: accuracy on an experience before training on it, relative to the untrained model.
+
+    .. math:: \mathrm{FWT} = \frac{1}{T-1} \sum_{j=1}^{T-1} (R_{j-1,j} - b_j)
+
+    Lopez-Paz & Ranzato, NeurIPS 2017 (GEM). ``random_init`` is ``b``, shape (T,). Returns 0 when T == 1.
+    """
+    t = _check(acc)
+    if random_init.shape != (t,):
+        raise ValueError(f"random_init must have shape ({t},), got {tuple(random_init.shape)}")
+    if t == 1:
+        return acc.new_zeros(())
+    before = acc[torch.arange(t - 1), torch.arange(1, t)]  # R[j-1, j] for j = 1..T-1 -> (T-1,)
+    return (before - random_init[1:]).mean()
+
+
+def forgetting(acc: Tensor) -> Tensor:
+    r"""Average forgetting: best earlier accuracy minus final accuracy (positive values mean forgetting).
+
+    .. math:: F = \frac{1}{T-1} \sum_{j=0}^{T-2} \left(\max_{l \le T-2} R_{l,j} - R_{T-1,j}\right)
+
+    Chaudhry et al., "Riemannian Walk for Incremental Learning", ECCV 2018. Unlike Avalanche's forgetting (accuracy
+    right after learning minus final accuracy, i.e. ``-BWT``), the reference is the best accuracy ever reached
+    before the last experience; rows before experience ``j`` is learned count too, exactly as the formula reads.
+    Returns 0 when T == 1.
+    """
+    t = _check(acc)
+    if t == 1:
+        return acc.new_zeros(())
+    best = acc[: t - 1, : t - 1].max(dim=0).values  # (T-1,) best over rows l <= T-2
+    return (best - acc[-1, : t - 1]).mean()
+
+
+def stream_metrics(acc: Tensor, random_init: Tensor) -> dict[str, float]:
+    """All metrics of DESIGN.md §2.4 as plain floats (fractions)."""
+    return {
+        "acc": float(average_accuracy(acc)),
+        "bwt": float(backward_transfer(acc)),
+        "fwt": float(forward_transfer(acc, random_init)),
+        "forgetting": float(forgetting(acc)),
+        "learning_acc": float(learning_accuracy(acc)),
+    }

@@ -1,0 +1,9 @@
+"""Fast constructor kwargs per strategy class name for the conformance battery (toy streams, seconds)."""
+
+from typing import Any
+
+STRATEGY_KWARGS: dict[str, dict[str, Any]] = {
+    "Naive": {"lr": 0.05},
+    "Joint": {"lr": 0.05},
+    "EWC": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64},
+}
