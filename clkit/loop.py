@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ class StreamRun:
         make_trainer: ``make_trainer(i, **overrides)`` returns a new Trainer for experience ``i``.
         run_dir: Where checkpoints go (``run_dir/checkpoints``); ``None`` keeps nothing on disk.
         logger: Lightning logger that receives ``stream/*`` and ``exp{j}/acc`` scalars (step = experience).
+        verbose: Print one summary line per experience (stderr).
     """
 
     strategy: ContinualModule
@@ -54,6 +56,7 @@ class StreamRun:
     make_trainer: TrainerFactory
     run_dir: Optional[Path] = None
     logger: Any = None
+    verbose: bool = False
     per_experience: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -84,6 +87,8 @@ class StreamRun:
                                         "train_seconds": train_seconds, "epochs": int(trainer.current_epoch),
                                         "train_samples": len(train)})
             self._log_row(i)
+            if self.verbose and trainer.is_global_zero:
+                self._announce(i, train_seconds)
             self.wall_seconds += time.perf_counter() - start_time
             start_time = time.perf_counter()
             self._save(i, trainer.is_global_zero)
@@ -109,6 +114,12 @@ class StreamRun:
     def _test(self, trainer: pl.Trainer, row: int) -> None:
         self.strategy.eval_row = row
         trainer.test(self.strategy, dataloaders=self.stream.test_dataloader(), verbose=False)
+
+    def _announce(self, i: int, seconds: float) -> None:
+        row = self.accuracy_matrix[i]
+        exp = self.stream.experiences[i]
+        print(f"[clkit] experience {i + 1}/{len(self.stream.experiences)} ({exp.name}): {seconds:.1f} s, "
+              f"acc on it {float(row[i]):.3f}, mean acc on seen {float(row[: i + 1].mean()):.3f}", file=sys.stderr)
 
     def _log_row(self, i: int) -> None:
         from clkit.metrics import stream_metrics

@@ -1,0 +1,201 @@
+"""The ``clkit`` command: ``fit`` (one experiment), ``report`` (tables of runs), ``sweep`` (grids of runs).
+
+``clkit fit`` is a LightningCLI in OmegaConf mode (``${...}`` interpolation, resolved after command-line
+overrides), built with ``run=False``: it parses and instantiates ``model`` (a strategy), ``data`` (a scenario) and
+``trainer`` (per-experience settings), then runs :class:`clkit.loop.StreamRun` with a fresh Trainer per experience.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from clkit.errors import ClkitError, ConfigError
+
+__all__ = ["main", "run_fit"]
+
+USAGE = """usage: clkit {fit,report,sweep} ...
+
+  clkit fit [--config CFG.yaml] [--key value ...] [--run_dir DIR] [--resume RUN_DIR] [--print_config]
+      run one experiment; without --config, the embedded default (SplitDigits, offline)
+  clkit report RUN_OR_SWEEP_DIR ...
+      print a table of runs (mean ± std over seeds for sweeps)
+  clkit sweep SWEEP.yaml [--workers N] [--shard i/n]
+      run a grid of experiments
+"""
+
+TRAINER_DEFAULTS = {"max_epochs": 5, "enable_checkpointing": False, "enable_model_summary": False}
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the ``clkit`` console script; user errors print one line and exit with code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(USAGE)
+            return
+        command, rest = args[0], args[1:]
+        if command == "fit":
+            run_fit(rest)
+        elif command == "report":
+            from clkit.report import main as report_main
+
+            report_main(rest)
+        elif command == "sweep":
+            from clkit.sweep import main as sweep_main
+
+            sweep_main(rest)
+        else:
+            raise ConfigError(f"unknown command {command!r}; valid commands: fit, report, sweep")
+    except ClkitError as err:
+        print(f"clkit: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _default_config() -> str:
+    return str(resources.files("clkit") / "default.yaml")
+
+
+def _build_cli(args: list[str]) -> Any:
+    import pytorch_lightning as pl  # noqa: F401  (heavy imports only for fit)
+    from jsonargparse import ArgumentParser  # noqa: F401
+    from pytorch_lightning.cli import LightningCLI
+
+    import scenarios  # noqa: F401  (make short class names resolvable)
+    import strategies  # noqa: F401
+    from clkit.data import ContinualDataModule
+    from clkit.module import ContinualModule
+
+    class ClkitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--run_dir", type=Optional[str], default=None,
+                                help="output directory (default: runs/<strategy>-<scenario>-seed<seed>-<time>)")
+            parser.add_argument("--resume", type=Optional[str], default=None,
+                                help="continue the run in this directory after its last completed experience")
+
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        args = ["--config", _default_config(), *args]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv and args both hold arguments
+    try:
+        return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        run=False, auto_configure_optimizers=False, save_config_callback=None,
+                        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
+                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False}, args=args)
+    except ClkitError:
+        raise
+    except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
+        raise ConfigError(_first_line(err)) from None
+    except Exception as err:  # jsonargparse's ArgumentError and friends
+        if type(err).__name__ in ("ArgumentError", "ParserError", "NSKeyError", "ScannerError"):
+            raise ConfigError(_first_line(err)) from None
+        raise
+    finally:
+        sys.argv = argv
+
+
+_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
+          "Expected a <class 'NoneType'>", "Expected a path but")
+
+
+def _first_line(err: BaseException) -> str:
+    """Condense a jsonargparse error into one line: keep what names the bad value, drop the union noise."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    kept = [ln.lstrip("- ").rstrip(":") for ln in lines if not ln.lstrip("- ").startswith(_NOISE)]
+    text = ": ".join(kept) if kept else type(err).__name__
+    if "has no attribute" in text:
+        text += f" (available strategies: {', '.join(_names('strategies'))}; scenarios: {', '.join(_names('scenarios'))})"
+    return text if len(text) < 800 else text[:800] + " ..."
+
+
+def _names(package: str) -> list[str]:
+    import importlib
+
+    return [f"{package}.{n}" for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
+            and n != "STRATEGIES"]
+
+
+def run_fit(args: list[str]) -> Path:
+    """Parse ``clkit fit`` arguments, run the experiment, write the outputs; returns the run directory."""
+    from clkit.loop import StreamRun
+    from clkit.results import build_results, partial_results, write_json, write_run_outputs
+
+    cli = _build_cli(args)
+    cfg = cli.config
+    model, data = cli.model, cli.datamodule
+    seed = cfg.get("seed_everything")
+    resume = cfg.get("resume")
+    run_dir = Path(resume or cfg.get("run_dir") or _default_run_dir(model, data, seed))
+    config = _resolved_config(cli)
+    _check_config(run_dir, config, resuming=bool(resume))
+    make_trainer, logger = _trainer_factory(cli, run_dir)
+    run = StreamRun(model, data, make_trainer, run_dir=run_dir, logger=logger, verbose=True)
+    try:
+        run.run(resume=bool(resume))
+    except ClkitError as err:
+        write_json(run_dir / "results.partial.json", partial_results(run, seed=seed, config=config, error=str(err)))
+        raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
+                         f"continue with --resume {run_dir})") from None
+    results = build_results(run, seed=seed, config=config)
+    write_run_outputs(run_dir, results)
+    (run_dir / "results.partial.json").unlink(missing_ok=True)
+    m = results["metrics"]
+    print(f"clkit: {results['strategy']} on {results['scenario']}: acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
+          f"fwt {m['fwt']:+.4f}  forgetting {m['forgetting']:.4f}  ({results['wall_seconds']:.1f} s) -> {run_dir}")
+    return run_dir
+
+
+def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{type(model).__name__}-{type(data).__name__}-seed{seed}-{stamp}"
+
+
+def _resolved_config(cli: Any) -> dict[str, Any]:
+    dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
+    config = yaml.safe_load(dumped)
+    for key in ("config", "run_dir", "resume", "print_config"):
+        config.pop(key, None)
+    return config
+
+
+def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
+    """Save the config beside the run; a resumed run must use the same one."""
+    path = run_dir / "config.yaml"
+    if resuming:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run directory")
+        if path.is_file():
+            saved = yaml.safe_load(path.read_text())
+            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            if diff:
+                raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.yaml in {diff}")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
+    """A Trainer per experience from the ``trainer`` section, with fresh copies of the configured callbacks."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, Logger
+
+    section = cli.config_init.get("trainer")
+    kwargs = {k: section[k] for k in section.keys() if "." not in k}
+    pristine = copy.deepcopy(kwargs.pop("callbacks", None) or [])  # stateful callbacks must not leak across experiences
+    logger = kwargs.pop("logger", True)
+    if logger is True or logger is None:
+        logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+    elif not isinstance(logger, (Logger, list)):
+        logger = None
+    kwargs.pop("default_root_dir", None)
+
+    def make_trainer(index: int, **overrides: Any) -> pl.Trainer:
+        return pl.Trainer(**{**kwargs, "callbacks": copy.deepcopy(pristine), "logger": logger or False,
+                             "default_root_dir": str(run_dir), **overrides})
+
+    return make_trainer, (logger[0] if isinstance(logger, list) else logger)
