@@ -237,8 +237,8 @@ def nll(logits: Tensor, y: Tensor, reduction: Literal["mean", "sum"] = "mean") -
     """
     m, batch, out = logits.shape
     if out == 1:
-        target = y.to(logits.dtype).expand(m, batch)  # (B,) -> (m, B)
-        per = F.binary_cross_entropy_with_logits(logits.squeeze(-1), target, reduction="none")
+        z = logits.squeeze(-1)  # (m, B, 1) -> (m, B)
+        per = F.softplus(z) - z * y.to(z.dtype)  # BCE with logits, -log sigmoid(+-z), stable for large |z|
     else:
         flat = F.cross_entropy(logits.reshape(m * batch, out), y.long().repeat(m), reduction="none")
         per = flat.reshape(m, batch)  # (m*B,) -> (m, B)

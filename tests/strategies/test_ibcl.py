@@ -1,0 +1,204 @@
+"""Behaviour tests of the IBCL strategy on tiny binary domain-IL streams (seconds each)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from clkit.errors import ConfigError
+from clkit.loop import StreamRun, trainer_factory
+from scenarios.ibcl_toy import RotatingBinary
+from scenarios.toy import ToySplit
+from strategies._bayes import mlp_forward
+from strategies._credal import combination_weights, preferences
+from strategies._credal_cli import main as generate_main
+from strategies._credal_eval import _FAITHFUL, task_accuracies
+from strategies._credal_hdr import mixture_log_prob
+from strategies._credal_plot import pareto_points, plot_pareto
+from strategies.ibcl import IBCL
+
+STDS = [1.0, 1.5, 2.0]
+
+
+def _train(stream: RotatingBinary, epochs: int = 5, run_dir: Path | None = None, **kwargs: object) -> IBCL:
+    pl.seed_everything(0, verbose=False)
+    kwargs = {"lr": 0.05, "prior_stds": STDS, "num_preferences": 4, "num_samples": 5, **kwargs}
+    module = IBCL(**kwargs)  # type: ignore[arg-type]
+    StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
+    return module
+
+
+@pytest.fixture(scope="module")
+def conflicting() -> RotatingBinary:
+    """Two tasks with orthogonal decision normals: no linear model solves both."""
+    return RotatingBinary(num_experiences=2, angle=90.0, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(conflicting: RotatingBinary, tmp_path_factory: pytest.TempPathFactory) -> tuple[IBCL, Path]:
+    run_dir = tmp_path_factory.mktemp("ibcl_run")
+    return _train(conflicting, run_dir=run_dir), run_dir
+
+
+def _test_acc(module: IBCL, theta: torch.Tensor, stream: RotatingBinary) -> torch.Tensor:
+    return task_accuracies(theta.unsqueeze(0), [e.test for e in stream.experiences], module.features, module.sizes)[0]
+
+
+def test_combination_weights_of_the_trained_knowledge_base_are_convex(trained: tuple[IBCL, Path]) -> None:
+    module = trained[0]
+    for w in preferences(1, 50, seed=5):
+        beta = combination_weights(w, module.kb.slots, len(module.kb))
+        assert (beta >= 0).all() and float(beta.sum()) == pytest.approx(1.0)
+
+
+def test_one_hot_preference_reproduces_the_task_posterior_mean(trained: tuple[IBCL, Path]) -> None:
+    module = trained[0]
+    for task in (0, 1):
+        w = [1.0 if k == task else 0.0 for k in range(2)]
+        theta = module.generate_theta(w, mode="mean")
+        task_mean = torch.stack([module.kb.mus[s] for s in module.kb.slots[task]]).mean(0)  # the m chains' average
+        assert torch.allclose(theta, task_mean, atol=1e-6)
+    single = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0), epochs=1, prior_stds=[1.0])
+    assert torch.equal(single.generate_theta([0.0, 1.0], mode="mean"), single.kb.mus[1])  # m = 1: the posterior
+
+
+def test_accuracy_on_a_task_rises_with_its_preference_weight(trained: tuple[IBCL, Path],
+                                                               conflicting: RotatingBinary) -> None:
+    module = trained[0]
+    weights = [0.0, 0.25, 0.5, 0.75, 1.0]
+    acc = torch.stack([_test_acc(module, module.generate_theta([w, 1 - w], mode="mean"), conflicting)
+                       for w in weights])  # (5, 2): rows = weight on task 0
+    assert (acc[1:, 0] - acc[:-1, 0] >= -0.02).all() and acc[-1, 0] - acc[0, 0] > 0.15, acc
+    assert (acc[:-1, 1] - acc[1:, 1] >= -0.02).all() and acc[0, 1] - acc[-1, 1] > 0.15, acc
+    selected = torch.stack([_test_acc(module, module.generate_theta([w, 1 - w]), conflicting) for w in (0.1, 0.9)])
+    assert selected[1, 0] > selected[0, 0] + 0.1 and selected[0, 1] > selected[1, 1] + 0.1, selected
+
+
+def test_knowledge_base_grows_sublinearly_on_near_duplicate_tasks() -> None:
+    stream = RotatingBinary(num_experiences=4, angle=0.0, seed=1)
+    full = _train(stream, epochs=3, d=0.0, num_preferences=1, num_samples=2)
+    pruned = _train(stream, epochs=3, d=0.5, num_preferences=1, num_samples=2)
+    m, tasks, p = len(STDS), 4, full.kb.mus[0].numel()
+    assert len(full.kb) == m * tasks and full.strategy_state_bytes() == m * tasks * 2 * p * 4
+    assert 1 <= len(pruned.kb) < m * tasks
+    kb_sizes = pruned.extra_results()["ibcl"]["kb_size"]
+    assert kb_sizes == sorted(kb_sizes) and kb_sizes[-1] == len(pruned.kb)
+    reused = {s for row in pruned.kb.slots[1:] for s in row} & {s for s in pruned.kb.slots[0]}
+    assert reused  # later tasks point at task-0 points
+    assert pruned.strategy_state_bytes() < full.strategy_state_bytes()
+
+
+def test_same_seed_gives_the_same_generated_model(trained: tuple[IBCL, Path], conflicting: RotatingBinary) -> None:
+    module = trained[0]
+    again = _train(conflicting)
+    for mode in ("select", "sample", "mean"):
+        assert torch.equal(module.generate_theta([0.3, 0.7], mode=mode), again.generate_theta([0.3, 0.7], mode=mode))
+    assert not torch.equal(module.generate_theta([0.3, 0.7], mode="sample", seed=1),
+                           module.generate_theta([0.3, 0.7], mode="sample", seed=2))
+    assert again.extra_results() == module.extra_results()  # NaN-free copy of every stage's results
+
+
+def test_preferences_are_saved_and_shared(trained: tuple[IBCL, Path]) -> None:
+    """Spec 13.8: each stage's preferences are the pure function of (seed, stage) every method calls."""
+    module = trained[0]
+    for stage, result in enumerate(module.stage_results):
+        assert torch.equal(torch.tensor(result["preferences"], dtype=torch.float64),
+                           preferences(stage, 4, seed=module.hparams.seed))
+
+
+def test_results_json_entry(trained: tuple[IBCL, Path]) -> None:
+    module = trained[0]
+    res = module.extra_results()["ibcl"]
+    json.dumps(res, allow_nan=False)
+    stages = res["stages"]
+    assert [s["stage"] for s in stages] == [0, 1] and stages[1]["selection"] == "validation"
+    a = stages[1]["per_task_acc"]
+    assert res["avg_per_task_acc"][1] == pytest.approx(sum(a) / 2)
+    assert res["bt_ibcl"][1] == pytest.approx(a[1] - a[0])
+    assert res["bwt"][1] == pytest.approx(a[0] - stages[0]["per_task_acc"][0])
+    assert all(0.0 <= v <= 1.0 for row in stages[1]["reported_test_acc"] for v in row)
+    lo, hi = torch.tensor(stages[1]["sample_test_acc_min"]), torch.tensor(stages[1]["sample_test_acc_max"])
+    assert (lo <= torch.tensor(stages[1]["reported_test_acc"]) + 1e-9).all()
+    assert (torch.tensor(stages[1]["reported_test_acc"]) <= hi + 1e-9).all()
+
+
+def test_matrix_model_is_the_uniform_preference_selection(trained: tuple[IBCL, Path],
+                                                          conflicting: RotatingBinary) -> None:
+    module = trained[0]
+    expect = module.stage_results[-1]["matrix_model"]["test_acc"]
+    assert module.stage_results[-1]["matrix_model"]["preference"] == [0.5, 0.5]
+    got = _test_acc(module, module.report_theta, conflicting)
+    assert got.tolist() == pytest.approx(expect)
+    x = conflicting.experiences[0].test.x
+    z = mlp_forward(module.report_theta.unsqueeze(0), x, module.sizes)[0, :, 0]
+    assert torch.equal(module.predict(x, torch.zeros(len(x))), (z >= 0).long())
+
+
+def test_checkpoint_restore_and_generate_command(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
+                                                 tmp_path: Path) -> None:
+    module, run_dir = trained
+    restored = IBCL.from_checkpoint(run_dir)
+    assert restored.kb.slots == module.kb.slots and torch.equal(restored.report_theta, module.report_theta)
+    assert torch.equal(restored.generate_theta([0.4, 0.6], mode="sample"),
+                       module.generate_theta([0.4, 0.6], mode="sample"))
+    out = generate_main(["--run", str(run_dir), "--preference", "0.4", "0.6", "--mode", "mean",
+                         "--out", str(tmp_path / "m.pt")])
+    model = torch.load(out, weights_only=False)
+    x = conflicting.experiences[1].test.x
+    assert torch.allclose(model(x), module.generate([0.4, 0.6], mode="mean")(x))
+    assert json.loads(out.with_suffix(".json").read_text())["preference"] == [0.4, 0.6]
+    with pytest.raises(ConfigError, match="config.yaml"):  # validation selection needs the run's scenario
+        generate_main(["--run", str(run_dir), "--preference", "1", "--out", str(tmp_path / "s.pt")])
+
+
+def test_pareto_front_trades_the_two_tasks(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
+                                           tmp_path: Path) -> None:
+    module = trained[0]
+    data = [e.test for e in conflicting.experiences]
+    pts = pareto_points(module, (0, 1), data, preferences=[(0.9, 0.1), (0.1, 0.9)], n_samples=20, alpha=0.05)
+    assert len(pts["samples"][0]) == 20
+    (a0, _), (a1, _) = pts["mean_model"]
+    assert a0 > a1 + 0.1
+    path = plot_pareto(pts, tmp_path / "pareto.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="two different tasks"):
+        pareto_points(module, (0, 0), data)
+
+
+def test_faithful_mode_switches_every_row() -> None:
+    opts = IBCL(faithful=True).opts
+    for name, value in _FAITHFUL.items():
+        assert getattr(opts, name) == value, name
+    assert opts.alpha == pytest.approx(0.99)  # official --alpha 0.01 is the interval mass
+    assert IBCL().opts == dataclasses.replace(opts, **{k: getattr(IBCL().opts, k) for k in (*_FAITHFUL, "alpha")})
+    mixed = IBCL(faithful=True, objective="elbo", alpha=0.1, alpha_convention="paper").opts
+    assert mixed.objective == "elbo" and mixed.alpha == pytest.approx(0.1) and mixed.distance == "official"
+    module = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+                    faithful=True)
+    assert module.posterior is not None and module.stage_results[-1]["selection"] == "test-oracle"
+    assert all(len(set(row)) <= 3 for row in module.kb.slots)
+
+
+def test_mixture_combination_end_to_end() -> None:
+    module = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+                    combine="mixture", n_hdr_samples=400, alpha=0.1)
+    theta = module.generate_theta([0.5, 0.5], mode="sample")
+    beta = combination_weights([0.5, 0.5], module.kb.slots, len(module.kb))
+    mus, sigmas = module.kb.stacked()
+    assert torch.isfinite(theta).all()
+    assert float(mixture_log_prob(theta.unsqueeze(0), beta, mus, sigmas)) > float("-inf")
+    assert 0.0 <= module.stage_results[-1]["avg_per_task_acc"] <= 1.0
+
+
+def test_unsupported_setting_and_bad_arguments_are_clear_errors() -> None:
+    with pytest.raises(ConfigError, match="domain-il"):
+        StreamRun(IBCL(), ToySplit(setting="task-il"), trainer_factory(max_epochs=1)).run()
+    with pytest.raises(ConfigError, match="prior_stds"):
+        IBCL(prior_stds=[0.0])
+    with pytest.raises(ConfigError, match="generate needs a trained"):
+        IBCL().generate_theta([1.0])
