@@ -58,14 +58,18 @@ class MaskedLayer(nn.Module):
         shape: Weight shape.
         density: Fraction of weights each task's mask keeps.
         generator: Source of the weight signs (part of the experiment seed).
+        score_seed: Seed of this layer's per-task initial scores (see :meth:`task_generator`).
     """
 
     union: Tensor  # packed bits of the union of all frozen tasks' masks
 
-    def __init__(self, shape: tuple[int, ...], density: float, generator: torch.Generator | None = None) -> None:
+    def __init__(
+        self, shape: tuple[int, ...], density: float, generator: torch.Generator | None = None, score_seed: int = 0
+    ) -> None:
         super().__init__()
         self.weight = nn.Parameter(signed_constant_(torch.empty(shape), generator))
         self.density = density
+        self.score_seed = score_seed
         self.scores = nn.ParameterDict()  # tasks being learned: str(t) -> S_t
         self.kept_scores = BufferStore()  # frozen real-valued scores (keep_scores="float")
         self.masks = BufferStore()  # frozen tasks: packed bits of M_t
@@ -76,13 +80,21 @@ class MaskedLayer(nn.Module):
 
     # ----- task management ---------------------------------------------------------------------------------------
     def add_task(self, task: int, generator: torch.Generator | None = None, init: Tensor | None = None) -> None:
-        """Allocate trainable scores ``S_task``: random (``kaiming_uniform(a=sqrt 5)``) or a copy of ``init``."""
+        """Allocate trainable scores ``S_task``: random (``kaiming_uniform(a=sqrt 5)``) or a copy of ``init``.
+
+        Without ``generator`` the random scores come from :meth:`task_generator`, so they are a fixed function of
+        ``(score_seed, task)``; the untrained-model evaluation previews exactly these scores.
+        """
         scores = torch.empty_like(self.weight)
         if init is None:
-            score_init_(scores, generator)
+            score_init_(scores, generator if generator is not None else self.task_generator(task))
         else:
             scores.copy_(init.view_as(scores))
         self.scores[str(task)] = nn.Parameter(scores)
+
+    def task_generator(self, task: int) -> torch.Generator:
+        """The generator of ``task``'s initial scores in this layer."""
+        return torch.Generator().manual_seed((self.score_seed * 1_000_003 + task * 7_919 + 104_729) % 2**62)
 
     def has_task(self, task: int) -> bool:
         return str(task) in self.scores or task in self.masks
@@ -134,14 +146,26 @@ class MaskedLayer(nn.Module):
         task = self.task
         trainable = str(task) in self.scores
         if not trainable and task not in self.masks:
-            raise KeyError(f"active task {task} was never added to this layer (known: {self.known_tasks()})")
+            return self._preview_mask(task)
         src = self.scores[str(task)] if trainable else self.masks.get(task)
         needs_graph = trainable and self.training and src.requires_grad and torch.is_grad_enabled()
         if needs_graph:
             return topk_mask(src, self.density)
         key = (task, src.data_ptr(), src._version)
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self.bool_mask(task).to(self.weight.dtype))
+            with torch.inference_mode(False):  # a cache made during evaluation must be usable in training
+                self._cache = (key, self.bool_mask(task).to(self.weight.dtype))
+        return self._cache[1]
+
+    def _preview_mask(self, task: int) -> Tensor:
+        """Mask of the initial scores of a task not added yet (evaluation of the untrained model only)."""
+        if self.training:
+            raise KeyError(f"active task {task} was never added to this layer (known: {self.known_tasks()})")
+        key = (task, -1, -1)
+        if self._cache is None or self._cache[0] != key:
+            with torch.inference_mode(False):
+                scores = score_init_(torch.empty(self.weight.shape), self.task_generator(task))
+                self._cache = (key, topk_mask(scores, self.density).to(self.weight.device, self.weight.dtype))
         return self._cache[1]
 
     def effective_weight(self) -> Tensor:
@@ -161,9 +185,14 @@ class MaskedLinear(MaskedLayer):
     """Bias-free linear layer ``y = x (W * M_t)^T``."""
 
     def __init__(
-        self, in_features: int, out_features: int, density: float, generator: torch.Generator | None = None
+        self,
+        in_features: int,
+        out_features: int,
+        density: float,
+        generator: torch.Generator | None = None,
+        score_seed: int = 0,
     ) -> None:
-        super().__init__((out_features, in_features), density, generator)
+        super().__init__((out_features, in_features), density, generator, score_seed)
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.effective_weight())  # (B, in) @ (in, out) -> (B, out)
@@ -181,8 +210,9 @@ class MaskedConv2d(MaskedLayer):
         stride: int = 1,
         padding: int = 0,
         generator: torch.Generator | None = None,
+        score_seed: int = 0,
     ) -> None:
-        super().__init__((out_channels, in_channels, kernel_size, kernel_size), density, generator)
+        super().__init__((out_channels, in_channels, kernel_size, kernel_size), density, generator, score_seed)
         self.stride = stride
         self.padding = padding
 
@@ -219,9 +249,11 @@ class TaskBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.superposition is None:
-            if self.task >= len(self.bns):
+            if self.task < len(self.bns):
+                return self.bns[self.task](x)
+            if self.training:
                 raise KeyError(f"active task {self.task} has no BatchNorm (have {len(self.bns)})")
-            return self.bns[self.task](x)
+            return x / (1.0 + 1e-5) ** 0.5  # a task not added yet: a fresh BatchNorm in eval mode
         if self.bn_infer == "batch":
             return F.batch_norm(x, None, None, training=True)
         if self.bn_infer != "mixture":

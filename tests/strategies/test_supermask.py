@@ -267,12 +267,17 @@ def test_layout_round_trip_restores_outputs() -> None:
         assert torch.equal(fresh.eval()(x), net.eval()(x))
 
 
-def test_unknown_task_raises() -> None:
-    net = _net()
-    add_task(net, 0, _gen())
+def test_unknown_task_raises_in_training_and_previews_initial_mask_in_eval() -> None:
+    net, x = _net(), torch.randn(4, 6, generator=_gen(1))
+    add_task(net, 0)
     set_task(net, 4)
     with pytest.raises(KeyError, match="task 4"):
-        net(torch.randn(2, 6))
+        net.train()(x)
+    preview = net.eval()(x)  # scores of task 4 are not allocated, only previewed
+    assert "4" not in net[0].scores
+    add_task(net, 4)
+    net.eval()
+    torch.testing.assert_close(net(x), preview)  # same initial mask as the real scores
 
 
 # ----- one-shot task inference (pure) ---------------------------------------------------------------------------------

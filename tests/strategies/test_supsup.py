@@ -1,0 +1,115 @@
+"""Behaviour of SupSup on toy streams: no forgetting by construction, packed masks, task inference, memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+
+from clkit.errors import ConfigError
+from clkit.loop import StreamRun, trainer_factory
+from clkit.nets import MLP
+from scenarios.toy import ToySplit
+from strategies._masked_layers import TaskBatchNorm
+from strategies._supermask import kept_count, unpack_bits
+from strategies.supsup import MaskedMLP, SupSup
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is much faster than two on a loaded 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _stream(**kwargs: Any) -> ToySplit:
+    return ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0, **kwargs)
+
+
+class _Spy(SupSup):
+    """Records each task's eval-mode (cached) masks just before they are packed, and every inferred task."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.cached: dict[int, list[torch.Tensor]] = {}
+        self.inferred: list[tuple[int, list[int]]] = []
+
+    def on_experience_end(self, experience: Any) -> None:
+        self.eval()
+        self.set_task(experience.task_id)
+        with torch.no_grad():
+            self.cached[experience.task_id] = [layer._mask().clone() for layer in self._masked()]
+        self.train()
+        super().on_experience_end(experience)
+
+    def infer_task(self, x: torch.Tensor) -> int:
+        task = super().infer_task(x)
+        self.inferred.append((task, list(self.learned)))
+        return task
+
+
+def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
+    stream = _stream()
+    strategy = _Spy(lr=0.05, density=0.3)
+    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    for j in range(3):
+        for i in range(j, 3):
+            assert acc[i, j] == acc[j, j], (i, j)  # exactly: masks, weights and BN of task j never change
+    assert acc.diagonal().mean() > 0.8  # the masks did learn the tasks
+
+    reference = SupSup(lr=0.05, density=0.3)
+    reference.bind(stream)
+    for trained, fresh in zip(strategy._masked(), reference._masked()):
+        assert torch.equal(trained.weight, fresh.weight)  # W is never trained
+    for task, masks in strategy.cached.items():
+        for layer, cached in zip(strategy._masked(), masks):
+            packed = unpack_bits(layer.masks.get(task), layer.weight.shape)
+            assert torch.equal(packed, cached.bool())  # bit for bit
+            assert int(packed.sum()) == kept_count(layer.weight.numel(), 0.3)
+        assert len(strategy._masked()[0].scores) == 0  # float scores dropped (keep_scores="bits")
+
+
+def test_state_bytes_count_masks_union_and_bn() -> None:
+    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
+    strategy = SupSup(lr=0.05, density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
+    StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+    per_task_bits = sum((n + 7) // 8 for n in (8 * 32, 32 * 16, 16 * 2))  # two hidden layers + masked head
+    assert strategy.mask_bytes_per_task() == per_task_bits
+    bn_bytes = 2 * ((32 + 16) * 2 * 4 + 2 * 8)  # 2 tasks x (mean, var float32 + num_batches_tracked int64)
+    assert strategy.strategy_state_bytes() == 2 * per_task_bits + per_task_bits + bn_bytes  # masks + union + BN
+
+
+@pytest.mark.parametrize("mode", ["oneshot", "binary"])
+def test_task_inference_finds_the_task(mode: str) -> None:
+    stream = _stream()
+    strategy = _Spy(lr=0.05, density=0.3, task_inference=mode)
+    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    ids = strategy.task_id_accuracy()
+    assert sorted(ids) == [0, 1, 2] and min(ids.values()) >= 0.9
+    assert acc[-1].mean() > 0.8  # classification with the inferred masks
+    assert strategy.inferred and all(task in learned for task, learned in strategy.inferred)  # never unlearned slots
+    assert any(len(learned) == 1 for _, learned in strategy.inferred)  # row 0 had a single candidate
+
+
+def test_erdos_renyi_density_per_layer() -> None:
+    strategy = SupSup(density_mode="erdos_renyi", er_scale=2.0, backbone=MaskedMLP(hidden=[32, 16]))
+    strategy.bind(_stream())
+    for layer in strategy._masked():
+        c_out, c_in = layer.weight.shape
+        assert layer.density == pytest.approx(min(0.5, 2.0 * (c_out + c_in) / (c_out * c_in)))
+    assert len([m for m in strategy.modules() if isinstance(m, TaskBatchNorm)]) == 2
+
+
+def test_rejects_bad_config_and_settings() -> None:
+    with pytest.raises(ConfigError, match="masked backbone"):
+        SupSup(backbone=MLP())
+    with pytest.raises(ConfigError, match="task_inference"):
+        SupSup(task_inference="maybe")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="task-il"):
+        SupSup().bind(ToySplit(num_experiences=2, setting="class-il", seed=0))
+    with pytest.raises(ConfigError, match="density"):
+        SupSup(density=0.0)
