@@ -113,12 +113,12 @@ def to_sequential(theta: Tensor, sizes: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     offset = 0
     for li, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        lin = nn.Linear(fan_in, fan_out)
-        with torch.no_grad():
-            lin.weight.copy_(theta[offset : offset + fan_out * fan_in].reshape(fan_out, fan_in))  # (P_w,) -> (o, i)
-            offset += fan_out * fan_in
-            lin.bias.copy_(theta[offset : offset + fan_out])
-            offset += fan_out
+        lin = nn.Linear(fan_in, fan_out, device="meta")  # no allocation or random init: parameters set below
+        w = theta[offset : offset + fan_out * fan_in].reshape(fan_out, fan_in)  # (P_w,) -> (out, in)
+        offset += fan_out * fan_in
+        lin.weight = nn.Parameter(w.detach().clone())
+        lin.bias = nn.Parameter(theta[offset : offset + fan_out].detach().clone())
+        offset += fan_out
         layers.append(lin)
         if li < len(sizes) - 2:
             layers.append(nn.ReLU())

@@ -41,6 +41,7 @@ class KnowledgeBase:
     origins: list[tuple[int, int]] = field(default_factory=list)
     slots: list[list[int]] = field(default_factory=list)
     nn_distances: list[list[float]] = field(default_factory=list)
+    _stack: tuple[Tensor, Tensor] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.mus)
@@ -54,7 +55,9 @@ class KnowledgeBase:
         """All stored points as ``(E, P)`` means and ``(E, P)`` standard deviations."""
         if not self.mus:
             raise ValueError("the knowledge base is empty")
-        return torch.stack(self.mus), torch.stack(self.sigmas)
+        if self._stack is None or self._stack[0].shape[0] != len(self.mus):  # cached: generation stays cheap
+            self._stack = (torch.stack(self.mus), torch.stack(self.sigmas))
+        return self._stack
 
     def update(self, mu: Tensor, sigma: Tensor, *, d: float = 0.0,
                distance: Distance = "w2") -> tuple[Tensor, Tensor]:

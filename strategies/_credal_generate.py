@@ -4,6 +4,7 @@ its preference results for ``results.json``."""
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,7 +58,8 @@ def load_ibcl(cls: type[IBCL], path: Path, backbone: Backbone | None = None) -> 
     weights = {k: v for k, v in ckpt["state_dict"].items() if k.startswith(_STATE_PREFIXES)}
     if backbone is None and any(k.startswith("backbone.") for k in weights):
         raise ConfigError(f"the run behind {path} used a backbone with weights; pass the same backbone")
-    module = cls(**state["hparams"], backbone=backbone)
+    accepted = inspect.signature(cls.__init__).parameters  # LightningCLI adds keys such as ``_class_path``
+    module = cls(**{k: v for k, v in state["hparams"].items() if k in accepted and k != "backbone"}, backbone=backbone)
     module.setting, module.classes_per_task = state["setting"], list(state["classes_per_task"])
     module.task_ids_at_test = False
     if module.backbone is None:

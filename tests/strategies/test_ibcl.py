@@ -202,3 +202,30 @@ def test_unsupported_setting_and_bad_arguments_are_clear_errors() -> None:
         IBCL(prior_stds=[0.0])
     with pytest.raises(ConfigError, match="generate needs a trained"):
         IBCL().generate_theta([1.0])
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize(("name", "stds", "data"), [
+    ("ibcl_digits", [1.0, 1.5, 2.0], "BinaryDigits"), ("ibcl_celeba", [0.2, 0.25, 0.3], "FeatureStream"),
+    ("ibcl_cifar100_pairs", [2.0, 2.5, 3.0], "FeatureStream"), ("ibcl_20news", [0.2, 0.25, 0.3], "FeatureStream")])
+def test_configs_parse_to_ibcl(name: str, stds: list[float], data: str) -> None:
+    from clkit.cli import _build_cli
+
+    cli = _build_cli(["--config", str(CONFIGS / f"{name}.yaml")])
+    assert isinstance(cli.model, IBCL) and cli.model.prior_stds == stds and cli.model.opts.alpha == 0.01
+    assert type(cli.datamodule).__name__ == data
+
+
+def test_digits_config_end_to_end_with_generate_command(tmp_path: Path) -> None:
+    from clkit.cli import run_fit
+
+    run_dir = run_fit(["--config", str(CONFIGS / "ibcl_digits.yaml"), "--trainer.max_epochs", "1",
+                       "--trainer.enable_progress_bar", "false", "--model.init_args.num_preferences", "2",
+                       "--model.init_args.num_samples", "3", "--run_dir", str(tmp_path / "run")])
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["strategy"] == "IBCL" and len(results["ibcl"]["stages"]) == 5
+    assert results["strategy_state_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
+    out = generate_main(["--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt")])
+    assert torch.load(out, weights_only=False)(torch.zeros(4, 1, 8, 8)).shape == (4, 1)
