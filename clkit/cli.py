@@ -172,8 +172,10 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
         if path.is_file():
             saved = yaml.safe_load(path.read_text())
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            if diff:
+            if set(diff) & {"model", "data", "seed_everything"}:
                 raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.yaml in {diff}")
+            if diff:
+                print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -199,3 +201,7 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
                              "default_root_dir": str(run_dir), **overrides})
 
     return make_trainer, (logger[0] if isinstance(logger, list) else logger)
+
+
+if __name__ == "__main__":
+    main()

@@ -54,8 +54,9 @@ def build_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any]
 def partial_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any], error: str) -> dict[str, Any]:
     """What a run that stopped early has: the completed rows of the matrix and the error."""
     done = run.completed
+    rows = _floats(run.accuracy_matrix[:done]) if run.strategy.accuracy is not None else []
     return {"clkit_version": clkit.__version__, "strategy": type(run.strategy).__name__, "scenario": run.stream.name,
-            "seed": seed, "completed_experiences": done, "accuracy_matrix_rows": _floats(run.accuracy_matrix[:done]),
+            "seed": seed, "completed_experiences": done, "accuracy_matrix_rows": rows,
             "per_experience": run.per_experience, "error": error, "config": config}
 
 

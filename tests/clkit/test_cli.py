@@ -1,0 +1,117 @@
+"""``clkit fit`` end to end: outputs, determinism, resume after a crash or a kill, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from clkit.cli import main
+from clkit.metrics import stream_metrics
+from clkit.results import RESULT_KEYS
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "2"]
+PERMUTED = ["--data", "scenarios.PermutedDigits", "--data.init_args.n_experiences", "3", *QUIET]
+
+
+def _results(run_dir: Path) -> dict:
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def test_default_fit_writes_the_results_contract(tmp_path: Path) -> None:
+    main(["fit", "--run_dir", str(tmp_path), *QUIET])
+    res = _results(tmp_path)
+    assert set(RESULT_KEYS) <= set(res)
+    acc = torch.tensor(res["accuracy_matrix"])
+    t = res["n_experiences"]
+    assert acc.shape == (t, t) and ((acc >= 0) & (acc <= 1)).all()
+    recomputed = stream_metrics(acc, torch.tensor(res["random_init_accuracy"]))
+    assert res["metrics"] == pytest.approx(recomputed, abs=1e-5)
+    assert res["strategy"] == "Naive" and res["scenario"] == "SplitDigits" and res["setting"] == "task-il"
+    assert res["config"]["data"]["init_args"]["seed"] == res["seed"] == 0  # ${seed_everything} resolved
+    assert len(res["per_experience"]) == t and all(p["epochs"] == 2 for p in res["per_experience"])
+    for name in ("accuracy_matrix.png", "metrics.csv", "config.yaml", f"checkpoints/exp{t - 1}.pt"):
+        assert (tmp_path / name).is_file(), name
+    header = (tmp_path / "metrics.csv").read_text().splitlines()[0]
+    assert "stream/acc" in header and "exp0/acc" in header
+    ckpt = torch.load(tmp_path / f"checkpoints/exp{t - 1}.pt", weights_only=True)
+    assert ckpt["experience"] == t - 1
+
+
+def test_seed_override_reaches_interpolated_keys(tmp_path: Path) -> None:
+    main(["fit", "--run_dir", str(tmp_path / "a"), "--seed_everything", "3", *QUIET])  # default: seed: ${seed_everything}
+    main(["fit", "--run_dir", str(tmp_path / "b"), "--seed_everything", "3", *QUIET])
+    a, b = _results(tmp_path / "a"), _results(tmp_path / "b")
+    assert a["config"]["data"]["init_args"]["seed"] == 3
+    assert a["accuracy_matrix"] == b["accuracy_matrix"]
+
+
+def test_resume_after_crash_gives_the_uninterrupted_matrix(tmp_path: Path) -> None:
+    main(["fit", "--run_dir", str(tmp_path / "full"), *PERMUTED])
+    crash = ["--trainer.callbacks+=tests.clkit.helpers.CrashAt", "--trainer.callbacks.experience", "2"]
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        main(["fit", "--run_dir", str(tmp_path / "cut"), *PERMUTED, *crash])
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == ["exp0.pt", "exp1.pt"]
+    main(["fit", "--resume", str(tmp_path / "cut"), *PERMUTED, *crash[:1], "--trainer.callbacks.experience", "99"])
+    full, resumed = _results(tmp_path / "full"), _results(tmp_path / "cut")
+    assert resumed["accuracy_matrix"] == full["accuracy_matrix"]
+    assert resumed["random_init_accuracy"] == full["random_init_accuracy"]
+
+
+def test_resume_refuses_a_different_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["fit", "--run_dir", str(tmp_path), *PERMUTED])
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--resume", str(tmp_path), *PERMUTED, "--model.init_args.lr", "0.5"])
+    assert exc.value.code == 2 and "differs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--model", "strategies.Nope"], "Nope"),
+    (["--model.init_args.nope", "1"], "nope"),
+    (["--model.init_args.optimizer", "adamw"], "adamw"),
+    (["--data.init_args.n_experiences", "3"], "n_experiences=3 does not divide"),
+    (["--model", "tests.clkit.helpers.TaskILOnly", "--data", "scenarios.PermutedDigits"], "domain-il"),
+    (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
+    (["--data", "scenarios.PermutedDigits", "--model.init_args.lr", "1e9"], "loss is"),
+])
+def test_bad_configs_give_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   args: list[str], needle: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--run_dir", str(tmp_path), *QUIET, *args])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and err.startswith("clkit: error:") and needle in err, err
+
+
+def test_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("model: {class_path: strategies.Naive\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", str(cfg)])
+    assert exc.value.code == 2 and "clkit: error:" in capsys.readouterr().err
+
+
+def test_killed_process_resumes(tmp_path: Path) -> None:
+    """A real SIGKILL after the first checkpoint; --resume finishes with the uninterrupted matrix."""
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "clkit.cli", "fit", *PERMUTED, "--trainer.max_epochs", "15"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([*args, "--run_dir", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "exp0.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (run / "results.json").exists():
+        pytest.skip("the run finished before it could be killed")  # pragma: no cover
+    subprocess.run([*args, "--resume", str(run)], check=True, capture_output=True, env=env)
+    subprocess.run([*args, "--run_dir", str(tmp_path / "full")], check=True, capture_output=True, env=env)
+    assert _results(run)["accuracy_matrix"] == _results(tmp_path / "full")["accuracy_matrix"]

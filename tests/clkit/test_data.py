@@ -1,0 +1,57 @@
+"""Experiences, loaders, validation splits and task reordering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from clkit.data import TensorData, make_loader, split_train_val
+from clkit.errors import ConfigError, DataError
+from scenarios.toy import ToySplit
+
+
+def _data(n: int = 10) -> TensorData:
+    return TensorData(torch.arange(n, dtype=torch.float32).unsqueeze(1), torch.arange(n) % 3, torch.zeros(n, dtype=torch.long))
+
+
+def test_loader_yields_whole_batches_by_indexing_and_is_seeded() -> None:
+    data = _data(10)
+    batches = list(make_loader(data, 4, shuffle=True, seed=3))
+    assert [len(b[0]) for b in batches] == [4, 4, 2]
+    seen = torch.cat([b[0].squeeze(1) for b in batches]).long()
+    assert sorted(seen.tolist()) == list(range(10))
+    again = torch.cat([b[0].squeeze(1) for b in make_loader(data, 4, shuffle=True, seed=3)]).long()
+    assert torch.equal(seen, again)
+    other = torch.cat([b[0].squeeze(1) for b in make_loader(data, 4, shuffle=True, seed=4)]).long()
+    assert not torch.equal(seen, other)
+    for x, y, t in batches:  # labels stay attached to their inputs
+        assert torch.equal(y, x.squeeze(1).long() % 3)
+
+
+def test_validation_split_is_random_seeded_and_disjoint() -> None:
+    data = TensorData(torch.arange(100.0).unsqueeze(1), torch.arange(100) // 10, torch.zeros(100, dtype=torch.long))
+    train, val = split_train_val(data, 0.2, seed=0)
+    assert val is not None and len(val) == 20 and len(train) == 80
+    ids = torch.cat([train.x, val.x]).squeeze(1)
+    assert sorted(ids.tolist()) == list(range(100))
+    assert len(val.y.unique()) > 2  # not "the first 20 %", which would hold only classes 0 and 1
+    train2, val2 = split_train_val(data, 0.2, seed=0)
+    assert torch.equal(val.x, val2.x)
+    with pytest.raises(DataError, match="val_fraction"):
+        split_train_val(data, 1.0, seed=0)
+    with pytest.raises(DataError, match="empty"):
+        split_train_val(_data(3), 0.01, seed=0)
+
+
+def test_task_order_and_seeded_shuffle() -> None:
+    base = ToySplit(num_experiences=4, setting="task-il", seed=1).experiences
+    ordered = ToySplit(num_experiences=4, setting="task-il", seed=1, task_order=[2, 0, 3, 1]).experiences
+    assert [e.classes for e in ordered] == [base[i].classes for i in (2, 0, 3, 1)]
+    assert [e.index for e in ordered] == [0, 1, 2, 3]
+    assert all(bool((e.train.t == e.index).all()) and bool((e.test.t == e.index).all()) for e in ordered)
+    assert torch.equal(ordered[0].test.x, base[2].test.x)
+    shuffled = ToySplit(num_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
+    again = ToySplit(num_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
+    assert [e.classes for e in shuffled] == [e.classes for e in again]
+    with pytest.raises(ConfigError, match="permutation"):
+        ToySplit(num_experiences=4, task_order=[0, 1, 1, 2]).experiences  # noqa: B018
