@@ -19,6 +19,7 @@ __all__ = [
     "fan_in",
     "kept_count",
     "layer_density",
+    "overlap_bits",
     "pack_bits",
     "score_init_",
     "signed_constant_",
@@ -159,6 +160,11 @@ def unpack_bits(packed: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor:
 def count_bits(packed: Tensor) -> int:
     """Number of set bits in a packed mask."""
     return int(_POPCOUNT.to(packed.device)[packed.long()].sum())
+
+
+def overlap_bits(a: Tensor, b: Tensor) -> int:
+    """``|A & B|`` of two packed masks."""
+    return count_bits(a & b)
 
 
 def union_bits(masks: list[Tensor], nbytes: int) -> Tensor:

@@ -20,7 +20,7 @@ from clkit.nets import Backbone, tensor_bytes
 from strategies._masked_layers import BnInfer, KeepScores, MaskedLayer, TaskBatchNorm
 from strategies._masked_model import add_task, freeze_task, layout, mask_state_bytes, restore_layout, superposed
 from strategies._masked_nets import LayerFactory, MaskedBackbone, default_masked_backbone
-from strategies._supermask import DensityMode, layer_density
+from strategies._supermask import DensityMode, count_bits, layer_density, overlap_bits
 from strategies._task_inference import infer_task_binary, infer_task_oneshot
 
 __all__ = ["SupermaskModule", "TaskInference"]
@@ -212,9 +212,18 @@ class SupermaskModule(ContinualModule):
 
     def extra_results(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mask_bytes_per_task": self.mask_bytes_per_task()}
+        if len(self.learned) <= 50:  # O(T^2) packed ANDs
+            out["mask_overlap"] = self.mask_overlap()
         if self.hparams.task_inference != "none":
             out["task_id_accuracy"] = self.task_id_accuracy()
         return out
+
+    def mask_overlap(self) -> list[list[float]]:
+        """Whole-network ``|M_a & M_b| / |M_a|`` for every pair of learned tasks (spec §11; divides by ``|M_a|``)."""
+        layers = self._masked()
+        sizes = {a: sum(count_bits(layer.masks.get(a)) for layer in layers) for a in self.learned}
+        return [[sum(overlap_bits(layer.masks.get(a), layer.masks.get(b)) for layer in layers) / max(1, sizes[a])
+                 for b in self.learned] for a in self.learned]
 
     def mask_bytes_per_task(self) -> int:
         """Bytes of one task's packed masks (8 weights per byte)."""

@@ -191,7 +191,8 @@ class ExSSNeT(SupermaskModule):
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
-        correct, total = self.val_counts
+        counts = self.trainer.strategy.reduce(torch.tensor(self.val_counts, dtype=torch.float64), reduce_op="sum")
+        correct, total = (float(c) for c in counts)  # summed over DDP ranks, so every rank keeps the same state
         self.val_counts = [0, 0]
         if self.trainer.sanity_checking or total == 0 or self.current_experience is None:
             return

@@ -113,3 +113,14 @@ def test_rejects_bad_config_and_settings() -> None:
         SupSup().bind(ToySplit(num_experiences=2, setting="class-il", seed=0))
     with pytest.raises(ConfigError, match="density"):
         SupSup(density=0.0)
+
+
+def test_mask_overlap_diagnostic() -> None:
+    strategy = SupSup(lr=0.05, density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
+    StreamRun(strategy, _stream(), trainer_factory(max_epochs=1)).run()
+    overlap = strategy.extra_results()["mask_overlap"]
+    assert [overlap[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
+    layers = strategy._masked()
+    both = sum(int((layer.bool_mask(0) & layer.bool_mask(2)).sum()) for layer in layers)
+    assert overlap[0][2] == both / sum(int(layer.bool_mask(0).sum()) for layer in layers)
+    assert 0.0 < overlap[0][2] < 1.0
