@@ -4,9 +4,10 @@
 """
 
 from strategies.ewc import EWC
+from strategies.ibcl import IBCL
 from strategies.joint import Joint
 from strategies.naive import Naive
 
-__all__ = ["EWC", "Joint", "Naive", "STRATEGIES"]
+__all__ = ["EWC", "IBCL", "Joint", "Naive", "STRATEGIES"]
 
-STRATEGIES = (Naive, Joint, EWC)
+STRATEGIES = (Naive, Joint, EWC, IBCL)

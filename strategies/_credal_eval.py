@@ -100,20 +100,30 @@ def task_accuracies(thetas: Tensor, datasets: Sequence[TensorData], features: Fe
                     batch_size: int = 1024, drop_last: bool = False) -> Tensor:
     """Accuracy of every model on every dataset, (n, L); ``drop_last`` mimics the official test loader.
 
-    Binary heads (one logit) predict ``1[sigmoid(z) >= 0.5]``, wider heads the argmax.
+    Binary heads (one logit) predict ``1[sigmoid(z) >= 0.5]``, wider heads the argmax. Datasets that share their
+    input tensor (CelebA's attribute tasks share the images) are predicted once.
     """
     out = torch.zeros(thetas.shape[0], len(datasets), dtype=torch.float64)
+    cache: dict[tuple[int, tuple[int, ...], int, int], Tensor] = {}
     for col, data in enumerate(datasets):
         n = len(data)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
-        correct = torch.zeros(thetas.shape[0], dtype=torch.float64)
-        for start in range(0, stop, batch_size):
-            x, y, _ = data[torch.arange(start, min(start + batch_size, stop))]
-            logits = mlp_forward(thetas, features(x.to(thetas.device)), sizes)  # (n, B, out)
-            pred = (logits[..., 0] >= 0).long() if logits.shape[-1] == 1 else logits.argmax(-1)  # (n, B)
-            correct += (pred == y.to(pred.device)).sum(-1).double().cpu()
-        out[:, col] = correct / stop
+        key = (data.x.data_ptr(), tuple(data.x.shape), stop, id(data.transform))
+        if key not in cache:
+            cache[key] = _predictions(thetas, data, stop, features, sizes, batch_size)
+        out[:, col] = (cache[key] == data.y[:stop].to(thetas.device)).double().mean(-1).cpu()
     return out
+
+
+def _predictions(thetas: Tensor, data: TensorData, stop: int, features: Features, sizes: Sequence[int],
+                 batch_size: int) -> Tensor:
+    """Predicted labels of every model on the first ``stop`` samples, (n, stop)."""
+    preds = []
+    for start in range(0, stop, batch_size):
+        x, _, _ = data[torch.arange(start, min(start + batch_size, stop))]
+        logits = mlp_forward(thetas, features(x.to(thetas.device)), sizes)  # (n, B, out)
+        preds.append((logits[..., 0] >= 0).long() if logits.shape[-1] == 1 else logits.argmax(-1))  # (n, B)
+    return torch.cat(preds, dim=1) if preds else thetas.new_zeros(thetas.shape[0], 0, dtype=torch.long)
 
 
 def _split(exp: Experience) -> TensorData:

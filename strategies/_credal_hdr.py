@@ -65,7 +65,7 @@ def moment_average(beta: Tensor, mus: Tensor, sigmas: Tensor) -> tuple[Tensor, T
     Returns:
         ``(mu_hat, sigma_hat)``, (P,) each.
     """
-    b = beta.to(mus.dtype)
+    b = beta.to(device=mus.device, dtype=mus.dtype)
     return b @ mus, b @ sigmas  # (E,) @ (E, P) -> (P,)
 
 
@@ -117,8 +117,8 @@ def mixture_log_prob(theta: Tensor, beta: Tensor, mus: Tensor, sigmas: Tensor) -
     Returns:
         (n,) log-densities.
     """
-    keep = beta > 0
-    b, mu, sig = beta[keep].double(), mus[keep].double(), sigmas[keep].double()
+    keep = (beta > 0).to(mus.device)
+    b, mu, sig = beta.to(mus.device, torch.float64)[keep], mus[keep].double(), sigmas[keep].double()
     centre = mu[0]
     z, mu_c = theta.double() - centre, mu - centre  # (n, P), (E, P)
     prec = sig.pow(-2)  # (E, P)
@@ -130,8 +130,8 @@ def mixture_log_prob(theta: Tensor, beta: Tensor, mus: Tensor, sigmas: Tensor) -
 def sample_mixture(beta: Tensor, mus: Tensor, sigmas: Tensor, n: int,
                    generator: torch.Generator | None = None) -> Tensor:
     """``n`` draws from the mixture: a component ``e ~ Cat(beta)``, then ``N(mu_e, diag sigma_e^2)``; (n, P)."""
-    comp = torch.multinomial(beta.double(), n, replacement=True, generator=generator)  # (n,)
-    eps = torch.randn(n, mus.shape[1], generator=generator, dtype=mus.dtype)  # (n, P)
+    comp = torch.multinomial(beta.double().cpu(), n, replacement=True, generator=generator).to(mus.device)  # (n,)
+    eps = torch.randn(n, mus.shape[1], generator=generator, dtype=mus.dtype).to(mus.device)  # (n, P)
     return mus[comp] + sigmas[comp] * eps
 
 
@@ -197,8 +197,9 @@ def build_hdr(beta: Tensor, mus: Tensor, sigmas: Tensor, alpha: float, *, combin
         lo, hi = hdr_box(mu_hat, sigma_hat, alpha)
         return HDR("moment_average", mu_hat, lo=lo, hi=hi)
     if combine == "mixture":
-        keep = beta > 0
-        b, mu, sig = beta[keep], mus[keep], sigmas[keep]
+        keep = beta.cpu() > 0
+        b, mu, sig = beta.cpu()[keep], mus[keep.to(mus.device)], sigmas[keep.to(mus.device)]
         tau = mixture_threshold(b, mu, sig, alpha, n_samples=n_hdr_samples, generator=generator)
-        return HDR("mixture", b.to(mu.dtype) @ mu, beta=b, mus=mu, sigmas=sig, tau=tau)  # (E,) @ (E, P) -> (P,)
+        mean = b.to(mu.device, mu.dtype) @ mu  # (E,) @ (E, P) -> (P,)
+        return HDR("mixture", mean, beta=b, mus=mu, sigmas=sig, tau=tau)
     raise ValueError(f"combine={combine!r} is not one of ['moment_average', 'mixture']")

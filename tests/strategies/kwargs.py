@@ -6,4 +6,5 @@ STRATEGY_KWARGS: dict[str, dict[str, Any]] = {
     "Naive": {"lr": 0.05},
     "Joint": {"lr": 0.05},
     "EWC": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64},
+    "IBCL": {"lr": 0.05, "prior_stds": [1.0, 1.5], "num_preferences": 3, "num_samples": 4},
 }

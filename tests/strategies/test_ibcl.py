@@ -229,3 +229,27 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path) -> None:
     assert results["strategy_state_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
     out = generate_main(["--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt")])
     assert torch.load(out, weights_only=False)(torch.zeros(4, 1, 8, 8)).shape == (4, 1)
+
+
+def test_task_accuracies_predict_shared_inputs_once_and_correctly() -> None:
+    from clkit.data import TensorData
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 4, generator=gen)
+    tasks = [TensorData(x, (x[:, k] > 0).long(), torch.full((100,), k)) for k in range(2)]
+    copies = [TensorData(t.x.clone(), t.y, t.t) for t in tasks]
+    thetas = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1.0, 0, 0, 0]])  # model k reads feature k
+
+    calls: list[int] = []
+
+    def features(z: torch.Tensor) -> torch.Tensor:
+        calls.append(len(z))
+        return z
+
+    shared = task_accuracies(thetas, tasks, features, (4, 1), batch_size=32)
+    assert sum(calls) == 100  # one pass over the shared inputs
+    assert torch.equal(shared, task_accuracies(thetas, copies, features, (4, 1), batch_size=32))
+    assert shared.diagonal().tolist() == [1.0, 1.0] and (shared[0, 1] < 0.8)
+    dropped = task_accuracies(thetas, tasks, features, (4, 1), batch_size=32, drop_last=True)
+    expect = float(((x[:96, 1] > 0) == (x[:96, 0] > 0)).double().mean())
+    assert float(dropped[0, 1]) == pytest.approx(expect)
