@@ -26,7 +26,6 @@ import torch
 
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
-from clkit.module import ContinualModule
 from scenarios.toy import ToySplit
 from strategies._masked_nets import MaskedGEMResNet18
 from strategies.exssnet import ExSSNeT

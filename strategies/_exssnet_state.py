@@ -10,7 +10,8 @@ from torch import Tensor
 
 from clkit.data import Experience, TensorData, make_loader
 from strategies._kkt import choose_sources, knn_accuracy, scores_from_masks, scores_from_sources, subset_indices
-from strategies._masked_layers import MaskedLayer, TaskBatchNorm
+from strategies._masked_layers import KeepScores, MaskedLayer, TaskBatchNorm
+from strategies._masked_model import freeze_task
 
 if TYPE_CHECKING:
     from strategies.exssnet import ExSSNeT
@@ -41,6 +42,14 @@ class BestState:
         if acc > self.acc:
             self.acc, self.epoch = acc, epoch
             self.tensors = [t.detach().clone() for t in self._state(module, task)]
+
+    def reinstate(self, module: torch.nn.Module, task: int, keep_scores: KeepScores) -> None:
+        """Restore the snapshot of an already frozen ``task`` and freeze it again (official row 4, faithful mode)."""
+        for m in module.modules():
+            if isinstance(m, MaskedLayer):
+                m.scores[str(task)] = torch.nn.Parameter(torch.zeros_like(m.weight), requires_grad=False)
+        self.restore(module, task)
+        freeze_task(module, task, keep_scores)
 
     def restore(self, module: torch.nn.Module, task: int) -> None:
         """Write the snapshot back (no-op when validation never ran)."""

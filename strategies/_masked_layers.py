@@ -100,11 +100,20 @@ class MaskedLayer(nn.Module):
         return str(task) in self.scores or task in self.masks
 
     def freeze_task(self, task: int, keep_scores: KeepScores) -> None:
-        """Store ``M_task`` as packed bits, add it to the union, drop or keep (as a buffer) its float scores."""
+        """Store ``M_task`` as packed bits, add it to the union, drop or keep (as a buffer) its float scores.
+
+        Freezing a task again replaces its mask and rebuilds the union from every stored mask.
+        """
         scores = self.scores.pop(str(task))
         packed = pack_bits(topk_mask(scores.detach(), self.density))
+        replacing = task in self.masks
         self.masks.set(task, packed)
-        self.union.copy_(self.union | packed)
+        if replacing:
+            self.union.zero_()
+            for t in self.masks.keys():
+                self.union.copy_(self.union | self.masks.get(t))
+        else:
+            self.union.copy_(self.union | packed)
         if keep_scores == "float":
             self.kept_scores.set(task, scores.detach().clone())
         self._cache = None

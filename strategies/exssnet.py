@@ -80,6 +80,7 @@ class ExSSNeT(SupermaskModule):
         self.best = BestState()
         self.kkt_log: list[dict[str, Any]] = []
         self.best_log: dict[int, dict[str, float]] = {}  # task -> best validation accuracy and its epoch
+        self.pending: Optional[tuple[int, BestState]] = None  # faithful: best state applied at the next task
         self.val_counts = [0, 0]
 
     @property
@@ -205,12 +206,18 @@ class ExSSNeT(SupermaskModule):
         self.best.offer(self, self.current_experience.task_id, acc, self.current_epoch)
 
     def on_experience_start(self, experience: Experience) -> None:
+        if self.pending is not None:  # faithful: the previous task continues from its best state, not its last
+            self.pending[1].reinstate(self, self.pending[0], self.keep_scores)
+            self.pending = None
         super().on_experience_start(experience)
         self.phase, self.exclusive_masks, self.best = "mask", [], BestState()
         self._set_trainable(scores=True)
 
     def on_experience_end(self, experience: Experience) -> None:
-        self.best.restore(self, experience.task_id)  # scores, weights and BN statistics of the best epoch
+        if self.hparams.faithful:  # official: the accuracy row uses the last epoch, the next task the best state
+            self.pending = (experience.task_id, self.best) if self.best.tensors is not None else None
+        else:
+            self.best.restore(self, experience.task_id)  # scores, weights and BN statistics of the best epoch
         if self.best.tensors is not None:
             self.best_log[experience.task_id] = {"val_acc": self.best.acc, "epoch": self.best.epoch}
         self._set_trainable(scores=False)
@@ -230,9 +237,16 @@ class ExSSNeT(SupermaskModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["supermask"].update(kkt_log=list(self.kkt_log), best_log=dict(self.best_log))
+        if self.pending is not None:
+            checkpoint["supermask"]["pending"] = (self.pending[0], self.pending[1].tensors)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
         state = checkpoint.get("supermask", {})
         self.kkt_log = list(state.get("kkt_log", []))
         self.best_log = {int(k): dict(v) for k, v in state.get("best_log", {}).items()}
+        self.pending = None
+        if "pending" in state:
+            best = BestState()
+            best.tensors = [t.to(self.device) for t in state["pending"][1]]
+            self.pending = (int(state["pending"][0]), best)

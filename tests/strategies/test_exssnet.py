@@ -145,3 +145,33 @@ def test_kkt_picks_the_repeated_task(keep: str) -> None:
             assert torch.equal(topk_mask(init, layer.density).bool(), layer.bool_mask(1))
     else:
         assert all(len(layer.kept_scores.keys()) == 3 for layer in strategy._masked())
+
+
+def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
+    stream = _stream(2, val_fraction=0.2)
+    exps = stream.experiences
+    strategy = ExSSNeT(faithful=True, **FAST)
+    strategy.bind(stream)
+    assert strategy.val_data(exps[:1]) is exps[0].test  # row 3: the official code validates on test
+    strategy.current_experience = exps[0]
+    strategy.on_experience_start(exps[0])
+    optimizers, _ = strategy.configure_optimizers()
+    assert optimizers[0].param_groups[0]["lr"] == FAST["weight_lr"]  # row 1: mask lr replaced by the weight lr
+    layers = strategy._masked()
+    strategy.best.offer(strategy, 0, 0.9, epoch=0)
+    best = [(layer.bool_mask(0), layer.weight.clone()) for layer in layers]
+    with torch.no_grad():  # later, worse epochs move scores and weights
+        for layer in layers:
+            layer.scores["0"].copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(1)))
+            layer.weight.mul_(-1)
+    last = [layer.bool_mask(0) for layer in layers]
+    strategy.on_experience_end(exps[0])
+    for layer, mask in zip(layers, last):  # row 4: the accuracy row is computed from the last epoch's state
+        assert torch.equal(unpack_bits(layer.masks.get(0), layer.weight.shape), mask)
+    strategy.current_experience = exps[1]
+    strategy.on_experience_start(exps[1])
+    for layer, (mask, weight) in zip(layers, best):  # ... and the next task starts from the best state
+        assert torch.equal(unpack_bits(layer.masks.get(0), layer.weight.shape), mask)
+        assert torch.equal(unpack_bits(layer.union, layer.weight.shape), mask)
+        assert torch.equal(layer.weight, weight)
+    assert not torch.equal(best[0][0], last[0])
