@@ -20,7 +20,7 @@ from clkit.errors import ClkitError, ConfigError
 
 __all__ = ["main", "run_fit"]
 
-USAGE = """usage: clkit {fit,report,sweep} ...
+USAGE = """usage: clkit {fit,report,sweep,ibcl-generate} ...
 
   clkit fit [--config CFG.yaml] [--key value ...] [--run_dir DIR] [--resume RUN_DIR] [--print_config]
       run one experiment; without --config, the embedded default (SplitDigits, offline)
@@ -28,6 +28,8 @@ USAGE = """usage: clkit {fit,report,sweep} ...
       print a table of runs (mean ± std over seeds for sweeps)
   clkit sweep SWEEP.yaml [--workers N] [--shard i/n]
       run a grid of experiments
+  clkit ibcl-generate --run RUN_DIR --preference W0 W1 ... --out MODEL.pt [--mode select|sample|mean]
+      zero-shot model for a task preference from a finished IBCL run (no training)
 """
 
 TRAINER_DEFAULTS = {"max_epochs": 5, "enable_checkpointing": False, "enable_model_summary": False}
@@ -51,8 +53,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             from clkit.sweep import main as sweep_main
 
             sweep_main(rest)
+        elif command == "ibcl-generate":
+            from strategies._credal_cli import main as ibcl_generate_main
+
+            ibcl_generate_main(rest)
         else:
-            raise ConfigError(f"unknown command {command!r}; valid commands: fit, report, sweep")
+            raise ConfigError(f"unknown command {command!r}; valid commands: fit, report, sweep, ibcl-generate")
     except ClkitError as err:
         print(f"clkit: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
