@@ -41,7 +41,7 @@ class BufferStore(nn.Module):
     def pop(self, task: int) -> Tensor:
         return cast(Tensor, self._buffers.pop(f"t{task}"))
 
-    def keys(self) -> list[int]:
+    def tasks(self) -> list[int]:
         return sorted(int(name[1:]) for name in self._buffers)
 
     def __contains__(self, task: object) -> bool:
@@ -110,7 +110,7 @@ class MaskedLayer(nn.Module):
         self.masks.set(task, packed)
         if replacing:
             self.union.zero_()
-            for t in self.masks.keys():
+            for t in self.masks.tasks():
                 self.union.copy_(self.union | self.masks.get(t))
         else:
             self.union.copy_(self.union | packed)
@@ -145,7 +145,7 @@ class MaskedLayer(nn.Module):
         return unpack_bits(exclusive_bits(pack_bits(self.bool_mask(task)), self.union), self.weight.shape)
 
     def known_tasks(self) -> list[int]:
-        return sorted(set(self.masks.keys()) | {int(k) for k in self.scores})
+        return sorted(set(self.masks.tasks()) | {int(k) for k in self.scores})
 
     def union_count(self) -> int:
         return count_bits(self.union)

@@ -82,8 +82,8 @@ def layout(model: nn.Module) -> dict[str, Any]:
     layers = masked_layers(model)
     return {
         "scores": [sorted(int(k) for k in layer.scores) for layer in layers],
-        "kept_scores": [layer.kept_scores.keys() for layer in layers],
-        "masks": [layer.masks.keys() for layer in layers],
+        "kept_scores": [layer.kept_scores.tasks() for layer in layers],
+        "masks": [layer.masks.tasks() for layer in layers],
         "bns": [len(bn.bns) for bn in task_norms(model)],
     }
 

@@ -144,7 +144,7 @@ def test_kkt_picks_the_repeated_task(keep: str) -> None:
         for layer, init in zip(strategy._masked(), strategy.inits[2]):
             assert torch.equal(topk_mask(init, layer.density).bool(), layer.bool_mask(1))
     else:
-        assert all(len(layer.kept_scores.keys()) == 3 for layer in strategy._masked())
+        assert all(len(layer.kept_scores.tasks()) == 3 for layer in strategy._masked())
 
 
 def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
