@@ -4,10 +4,12 @@
 """
 
 from strategies.ewc import EWC
+from strategies.exssnet import ExSSNeT
 from strategies.ibcl import IBCL
 from strategies.joint import Joint
 from strategies.naive import Naive
+from strategies.supsup import SupSup
 
-__all__ = ["EWC", "IBCL", "Joint", "Naive", "STRATEGIES"]
+__all__ = ["EWC", "ExSSNeT", "IBCL", "Joint", "Naive", "STRATEGIES", "SupSup"]
 
-STRATEGIES = (Naive, Joint, EWC, IBCL)
+STRATEGIES = (Naive, Joint, EWC, IBCL, SupSup, ExSSNeT)

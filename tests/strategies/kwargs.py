@@ -7,4 +7,6 @@ STRATEGY_KWARGS: dict[str, dict[str, Any]] = {
     "Joint": {"lr": 0.05},
     "EWC": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64},
     "IBCL": {"lr": 0.05, "prior_stds": [1.0, 1.5], "num_preferences": 3, "num_samples": 4},
+    "SupSup": {"lr": 0.05, "density": 0.3},
+    "ExSSNeT": {"density": 0.3, "mask_epochs": 1, "weight_epochs": 1, "mask_lr": 0.05, "weight_lr": 0.01},
 }
