@@ -10,7 +10,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -60,7 +60,7 @@ def find_projected_layers(root: nn.Module, prefixes: Sequence[str], *, owner: st
     return found
 
 
-def resolve_per_layer(value: float | int | Sequence[float] | Sequence[int], n_layers: int, what: str) -> list[float]:
+def resolve_per_layer(value: float | Sequence[float] | Sequence[int], n_layers: int, what: str) -> list[float]:
     """Broadcast a scalar to ``n_layers`` values, or check a list has one value per projected layer."""
     if isinstance(value, (int, float)):
         return [float(value)] * n_layers
@@ -90,7 +90,7 @@ class PlateauDecay:
     factor: float
     lr_min: float
     best_loss: float = math.inf
-    best_state: Optional[dict[str, Tensor]] = None
+    best_state: dict[str, Tensor] | None = None
     left: int = field(init=False)
     stopped: bool = False
 

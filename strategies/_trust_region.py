@@ -7,6 +7,7 @@ representations ``(d, n)``, orthonormal bases ``(d, k)``). Spec: ``gradient_proj
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -20,6 +21,7 @@ from strategies._projection import (
 )
 
 __all__ = [
+    "TaskBasis",
     "basis_overlap",
     "classify_regimes",
     "cosine",
@@ -34,7 +36,18 @@ __all__ = [
 
 
 # ------------------------------------------------------------------------------------------------ TRGP §5.1
-def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = False) -> tuple[Tensor, Tensor]:
+class TaskBasis(NamedTuple):
+    """Result of :func:`select_task_basis`."""
+
+    basis: Tensor
+    """``B_t`` ``(d, k_t)``, orthonormal columns."""
+    memory: Tensor
+    """The updated memory ``M'`` ``(d, m')``; its first ``m`` columns are the old memory."""
+    columns: Tensor | None
+    """Long indices with ``B_t = M'[:, columns]``; ``None`` when ``B_t`` is not inside ``M'`` (faithful mode)."""
+
+
+def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = False) -> TaskBasis:
     """TRGP per-task basis selection (spec §5.1).
 
     Pools the energies ``delta_i = ||u_i^T R||^2`` of the memory columns with the squared singular values of the
@@ -50,11 +63,13 @@ def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool
         faithful: Official-code behaviour.
 
     Returns:
-        ``(B_t, M')``: the task basis ``(d, k_t)`` and the updated memory ``(d, m')``.
+        ``(B_t, M', columns)``: the task basis, the updated memory and, unless faithful, the column indices of
+        ``B_t`` in ``M'`` (a basis can be stored as indices because existing columns never change).
     """
     if memory.shape[1] == 0:
         new_memory = update_basis(memory, rep, eps, faithful=faithful)
-        return new_memory.clone(), new_memory
+        columns = None if faithful else torch.arange(new_memory.shape[1])
+        return TaskBasis(new_memory.clone(), new_memory, columns)
     d, m = memory.shape
     work, mem = rep.double(), memory.double()
     total = float(work.square().sum())
@@ -72,10 +87,10 @@ def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool
         appended = u[:, res_idx[res_idx > 0]].to(memory.dtype)  # (d, r')
         new_memory = torch.cat([memory, appended], dim=1)
         task_basis = torch.cat([memory[:, mem_idx], u[:, res_idx].to(memory.dtype)], dim=1)
-        return task_basis, new_memory
+        return TaskBasis(task_basis, new_memory, None)
     new_memory = extend_orthonormal(memory, u[:, res_idx])
-    task_basis = torch.cat([memory[:, mem_idx], new_memory[:, m:]], dim=1)  # (d, k_t)
-    return task_basis, new_memory
+    columns = torch.cat([mem_idx, torch.arange(m, new_memory.shape[1])])
+    return TaskBasis(new_memory[:, columns], new_memory, columns)  # B_t: (d, k_t)
 
 
 # ------------------------------------------------------------------------------------------------ TRGP §5.2

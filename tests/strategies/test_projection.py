@@ -195,18 +195,20 @@ def test_toy_zero_forgetting_with_disjoint_low_rank_inputs() -> None:
 def test_task_basis_selection_enters_memory() -> None:
     gen = _gen(10)
     d = 30
-    b0, mem = select_task_basis(empty_basis(d), _low_rank(d, 6, 80, gen), 0.99)
-    assert torch.equal(b0, mem)
+    b0, mem, cols0 = select_task_basis(empty_basis(d), _low_rank(d, 6, 80, gen), 0.99)
+    assert torch.equal(b0, mem) and torch.equal(mem[:, cols0], b0)
     rep = _low_rank(d, 8, 80, gen) + mem @ torch.randn(mem.shape[1], 80, generator=gen, dtype=torch.float64)
-    b1, new = select_task_basis(mem, rep, 0.97)
+    b1, new, cols1 = select_task_basis(mem, rep, 0.97)
     assert torch.equal(new[:, : mem.shape[1]], mem)
+    assert torch.equal(new[:, cols1], b1)
     _assert_orthonormal(new)
     _assert_orthonormal(b1)
     assert _captured(b1, rep) >= 0.97 - 1e-9
     inside = new @ (new.T @ b1)  # (d,m)(m,k) -> (d,k): projection of B_1 onto span(M')
     assert torch.allclose(inside, b1, atol=1e-8)
     assert b1.shape[1] > (b1.T @ mem).abs().gt(0.5).sum()  # some chosen vectors are new directions
-    b1_f, new_f = select_task_basis(mem, rep, 0.97, faithful=True)
+    b1_f, new_f, cols_f = select_task_basis(mem, rep, 0.97, faithful=True)
+    assert cols_f is None
     assert new_f.shape[1] == new.shape[1] - 1  # pitfall #3: the strongest residual is left out
     assert (new_f @ (new_f.T @ b1_f) - b1_f).norm() > 0.5
 
@@ -249,7 +251,7 @@ def _cuber_setup(gen: torch.Generator) -> tuple[Tensor, list[Tensor]]:
         rep[block : block + 4] = _low_rank(4, 3, 50, gen)
         if mix is not None:
             rep[mix : mix + 4] += 0.3 * _low_rank(4, 3, 50, gen)
-        b, mem = select_task_basis(mem, rep, 0.99)
+        b, mem, _ = select_task_basis(mem, rep, 0.99)
         bases.append(b)
     return mem, bases
 

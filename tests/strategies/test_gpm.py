@@ -1,0 +1,164 @@
+"""Behaviour of the GPM strategy (spec gradient_projection.md §4, §10 item 2) on toy and digits streams."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clkit.errors import ConfigError
+from clkit.loop import StreamRun, trainer_factory
+from clkit.nets import MLP
+from scenarios.toy import ToySplit
+from strategies._projected_net import PlateauDecay
+from strategies.cuber import CUBER
+from strategies.gpm import GPM
+from strategies.naive import Naive
+from strategies.trgp import TRGP
+from tests.conftest import toy_stream_for
+from tests.strategies._projection_streams import run_stream
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    """Tiny models: one intra-op thread avoids oversubscription stalls when other processes share the cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _watch_projection(strategy: GPM) -> list[float]:
+    """After every transform_gradients of a later experience: max |G M| / max |G| over the projected layers."""
+    leaks: list[float] = []
+    original: Callable[[], None] = strategy.transform_gradients
+
+    def wrapped() -> None:
+        original()
+        if strategy.active_task == 0:
+            return
+        for ref, basis in zip(strategy.projected_layers(), strategy.bases):
+            g = ref.weight.grad.reshape(ref.weight.shape[0], -1).double()
+            leaks.append(float((g @ basis).abs().max() / g.abs().max()))
+
+    strategy.transform_gradients = wrapped  # type: ignore[method-assign]
+    return leaks
+
+
+@pytest.mark.parametrize("cls", [GPM, TRGP, CUBER], ids=lambda c: c.__name__)
+@pytest.mark.parametrize("setting", ["task-il", "domain-il"])
+def test_gradients_are_orthogonal_to_memory_after_transform(cls: type[GPM], setting: str) -> None:
+    pl.seed_everything(0, verbose=False)
+    kwargs = {"eps_corr": 0.99} if cls is CUBER else {}  # CUBER without releases must project exactly like GPM
+    strategy = cls(lr=0.05, threshold=0.9, **kwargs)
+    leaks = _watch_projection(strategy)
+    run_stream(strategy, toy_stream_for(setting), epochs=1)
+    assert leaks and max(leaks) < 1e-5
+    assert all(b.shape[1] > 0 for b in strategy.bases)
+
+
+@pytest.fixture(scope="module")
+def digits():  # type: ignore[no-untyped-def]
+    from scenarios.digits import PermutedDigits
+
+    stream = PermutedDigits(n_experiences=3, seed=0, batch_size=32)
+    stream.setup()
+    return stream
+
+
+def test_gpm_keeps_bwt_near_zero_on_permuted_digits_where_naive_forgets(digits) -> None:  # type: ignore[no-untyped-def]
+    pl.seed_everything(0, verbose=False)
+    _, naive = run_stream(Naive(backbone=MLP(hidden=[100, 100], bias=False), lr=0.1), digits, epochs=3)
+    pl.seed_everything(0, verbose=False)
+    acc, gpm = run_stream(GPM(lr=0.1, threshold=0.99), digits, epochs=3)
+    assert naive["bwt"] < -0.15
+    assert gpm["bwt"] > -0.03
+    assert acc.diagonal().min() > 0.5  # it still learns every permutation
+
+
+def test_configuration_errors() -> None:
+    with pytest.raises(ConfigError, match="sgd"):
+        GPM(optimizer="adam")
+    with pytest.raises(ConfigError, match="weight_decay"):
+        GPM(weight_decay=1e-4)
+    with pytest.raises(ConfigError, match="threshold"):
+        GPM(threshold=[0.9, 1.2])
+    with pytest.raises(ConfigError, match="bias"):
+        GPM(backbone=MLP(hidden=[16], bias=True)).bind(toy_stream_for("task-il"))
+    with pytest.raises(ConfigError, match="class-il"):
+        GPM().bind(toy_stream_for("class-il"))
+    strategy = GPM(threshold=[0.9, 0.95, 0.99], threshold_step=0.004)
+    strategy.bind(toy_stream_for("domain-il"))  # MLP 100-100 + projected shared head: 3 layers
+    assert strategy.thresholds(2) == pytest.approx([0.908, 0.958, 0.998])
+    assert strategy.thresholds(10)[2] == 1.0
+    with pytest.raises(ConfigError, match="3 projected layers"):
+        GPM(threshold=[0.9, 0.9]).bind(toy_stream_for("domain-il"))
+    with pytest.raises(ConfigError, match="layer_samples"):
+        GPM(layer_samples=[10, 10, 10]).bind(toy_stream_for("task-il"))
+
+
+def test_bn_affine_trains_on_first_experience_only() -> None:
+    pl.seed_everything(0, verbose=False)
+    backbone = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16, track_running_stats=False), nn.ReLU())
+    strategy = GPM(backbone=backbone, lr=0.1)  # type: ignore[arg-type]
+    snapshots: list[tuple[torch.Tensor, torch.Tensor]] = []
+    original = strategy.on_experience_end
+
+    def record(exp):  # type: ignore[no-untyped-def]
+        original(exp)
+        snapshots.append((backbone[1].weight.detach().clone(), backbone[0].weight.detach().clone()))
+
+    strategy.on_experience_end = record  # type: ignore[method-assign]
+    run_stream(strategy, toy_stream_for("task-il"), epochs=2)
+    init = torch.ones(16)
+    assert not torch.equal(snapshots[0][0], init)  # trained on the first experience
+    assert torch.equal(snapshots[1][0], snapshots[0][0]) and torch.equal(snapshots[2][0], snapshots[0][0])
+    assert not torch.equal(snapshots[2][1], snapshots[0][1])  # while the projected layer kept learning
+    assert not backbone[1].weight.requires_grad
+
+
+def test_plateau_decay_schedule() -> None:
+    sched = PlateauDecay(lr=0.1, patience=2, factor=10.0, lr_min=5e-4)
+    w = {"w": torch.zeros(1)}
+    lrs = [sched.step(loss, {"w": w["w"] + loss}) for loss in [1.0, 0.8, 0.9, 0.85, 0.7, 0.9, 0.9, 0.9, 0.9]]
+    assert lrs == pytest.approx([0.1, 0.1, 0.1, 0.01, 0.01, 0.01, 0.001, 0.001, 0.0001])
+    assert sched.stopped and sched.best_loss == 0.7 and float(sched.best_state["w"]) == pytest.approx(0.7)
+
+
+def test_early_stopping_restores_the_best_validation_state() -> None:
+    pl.seed_everything(0, verbose=False)
+    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0, val_fraction=0.3,
+                      spread=1.5)
+    strategy = GPM(lr=2.0, lr_patience=1, lr_factor=4.0, lr_min=0.05)
+    seen: list[tuple[float, dict[str, torch.Tensor], float]] = []
+    val = stream.experiences[0].val
+    original_val_end, original_end = strategy.on_validation_epoch_end, strategy.on_experience_end
+
+    def on_val_end() -> None:
+        if not strategy.trainer.sanity_checking and strategy.active_task == 0:
+            with torch.no_grad():
+                loss = float(F.cross_entropy(strategy(val.x, val.t), val.y))
+            params = {n: p.detach().clone() for n, p in strategy.named_parameters()}
+            seen.append((loss, params, strategy.trainer.optimizers[0].param_groups[0]["lr"]))
+        original_val_end()
+
+    final: dict[str, torch.Tensor] = {}
+
+    def on_end(exp):  # type: ignore[no-untyped-def]
+        original_end(exp)
+        if exp.index == 0:
+            final.update({n: p.detach().clone() for n, p in strategy.named_parameters()})
+
+    strategy.on_validation_epoch_end, strategy.on_experience_end = on_val_end, on_end  # type: ignore[method-assign]
+    run = StreamRun(strategy, stream, trainer_factory(max_epochs=40))
+    run.run()
+    assert run.per_experience[0]["epochs"] < 40  # stopped once the LR fell below lr_min
+    assert min(lr for *_, lr in seen) < 2.0  # the LR was decayed on a plateau
+    best = min(range(len(seen)), key=lambda i: seen[i][0])
+    assert best != len(seen) - 1  # the last epoch was not the best one, so restoring matters
+    for name, value in final.items():
+        assert torch.equal(value, seen[best][1][name]), name

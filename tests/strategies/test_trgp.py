@@ -1,0 +1,94 @@
+"""Behaviour of the TRGP strategy (spec gradient_projection.md §5, §10 item 5)."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from clkit.nets import MLP
+from strategies._trust_region import scaled_weight
+from strategies.gpm import GPM
+from strategies.trgp import TRGP
+from tests.strategies._projection_streams import ReadoutStream, run_stream
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():  # type: ignore[no-untyped-def]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _trgp(**kwargs: object) -> TRGP:
+    pl.seed_everything(0, verbose=False)
+    return TRGP(backbone=MLP(hidden=[32, 32], bias=False), lr=0.05, threshold=0.97, **kwargs)  # type: ignore[arg-type]
+
+
+def test_scales_start_at_identity_and_are_stored_as_independent_clones() -> None:
+    strategy = _trgp()
+    at_start: list[bool] = []
+    after_task_1: list[list[torch.Tensor]] = []
+    start, end = strategy.on_experience_start, strategy.on_experience_end
+
+    def on_start(exp):  # type: ignore[no-untyped-def]
+        start(exp)
+        weights = dict(strategy.named_parameters())
+        for name, w_eff in strategy.effective_weights(exp.index).items():
+            at_start.append(torch.allclose(w_eff, weights[name], atol=1e-6))  # W_eff = W at Q = I
+
+    def on_end(exp):  # type: ignore[no-untyped-def]
+        end(exp)
+        if exp.index == 1:
+            after_task_1.extend([q.clone() for q in qs] for qs in strategy.task_scales[1])
+
+    strategy.on_experience_start, strategy.on_experience_end = on_start, on_end  # type: ignore[method-assign]
+    run_stream(strategy, ReadoutStream("related", n_tasks=3), epochs=1)
+    assert at_start and all(at_start)
+    assert len(strategy.scales) == 0  # no live scale parameters outside an experience
+    params = {p.data_ptr() for p in strategy.parameters()}
+    n_scaled = 0
+    for task, (selection, scales) in enumerate(zip(strategy.task_selection, strategy.task_scales)):
+        for layer, (sel, qs) in enumerate(zip(selection, scales)):
+            for s, q in zip(sel, qs):
+                k = strategy.task_basis(layer, s).shape[1]
+                assert s < task and q.shape == (k, k) and q.data_ptr() not in params
+                n_scaled += 1
+    assert n_scaled > 0
+    for stored, snapshot in zip(strategy.task_scales[1], after_task_1):  # task 2's training left them unchanged
+        assert all(torch.equal(q, p) for q, p in zip(stored, snapshot))
+    assert any(not torch.allclose(q, torch.eye(q.shape[0])) for qs in after_task_1 for q in qs)  # Q's did train
+
+
+def test_old_task_is_evaluated_with_its_own_scales() -> None:
+    strategy = _trgp()
+    stream = ReadoutStream("related", n_tasks=3)
+    run_stream(strategy, stream, epochs=1)
+    x = stream.experiences[1].test.x[:16]
+    net, head = strategy.backbone.net, strategy.heads[0]  # type: ignore[union-attr]
+    weights = [net[1].weight, net[3].weight, head.weight]
+    for l, (sel, qs) in enumerate(zip(strategy.task_selection[1], strategy.task_scales[1])):
+        if sel:
+            weights[l] = scaled_weight(weights[l], [strategy.task_basis(l, s).float() for s in sel], qs)
+    h = torch.relu(torch.relu(x @ weights[0].T) @ weights[1].T)  # (16, 8) -> (16, 32) -> (16, 32)
+    expected = h @ weights[2].T  # (16, 32) @ (32, C) -> (16, C)
+    with torch.no_grad():
+        got = strategy.eval()(x, torch.full((16,), 1))
+        plain = strategy(x, torch.full((16,), 99))  # a task without stored scales: the plain weights
+    assert torch.allclose(got, expected.detach(), atol=1e-5)
+    assert not torch.allclose(got, plain, atol=1e-4)
+
+
+def test_trgp_learns_a_related_task_better_than_gpm() -> None:
+    stream = ReadoutStream("related", n_tasks=2, noise=0.7)
+    acc_trgp, m_trgp = run_stream(_trgp(), stream, epochs=3)
+    pl.seed_everything(0, verbose=False)
+    acc_gpm, _ = run_stream(GPM(backbone=MLP(hidden=[32, 32], bias=False), lr=0.05, threshold=0.97), stream, epochs=3)
+    assert acc_trgp[0, 0] == acc_gpm[0, 0]  # identical first task: the difference comes from the trust region
+    assert acc_trgp[1, 1] > acc_gpm[1, 1] + 0.05
+    assert m_trgp["bwt"] > -0.01  # and it is still forgetting-free
+
+
+def test_faithful_switch() -> None:
+    assert TRGP().freezes_bn and not TRGP(faithful=True).freezes_bn
