@@ -3,7 +3,24 @@
 Only this package imports Avalanche, and only lazily (inside functions), so importing a scenario module is cheap.
 """
 
+from scenarios.classic import (
+    CelebAAttributes,
+    CIFAR100Pairs,
+    CORe50,
+    FiveDatasets,
+    NewsgroupPairs,
+    PermutedMNIST,
+    RotatedMNIST,
+    SplitCIFAR10,
+    SplitCIFAR100,
+    SplitMiniImageNet,
+    SplitMNIST,
+    SplitTinyImageNet,
+)
 from scenarios.digits import PermutedDigits, SplitDigits
+from scenarios.features import FeatureStream
 from scenarios.toy import ToyPermuted, ToyShared, ToySplit
 
-__all__ = ["PermutedDigits", "SplitDigits", "ToyPermuted", "ToyShared", "ToySplit"]
+__all__ = ["CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "NewsgroupPairs",
+           "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
+           "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "ToyPermuted", "ToyShared", "ToySplit"]
