@@ -1,0 +1,177 @@
+"""Benchmarks (not tests): speed of the clkit loop and of each method family, measured side by side.
+
+    python scripts/bench.py                  # every section
+    python scripts/bench.py --only core      # clkit Naive vs a hand-written PyTorch loop vs Avalanche's Naive
+    python scripts/bench.py --quick          # smaller sizes, for a smoke check
+
+Timings are interleaved (A, B, C, A, B, C, ...) and the median of ``--repeats`` rounds is reported, so load on a
+shared machine hits every contestant alike; the ratios are what to read, not the absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/ may import the repo's bench_* modules
+
+from clkit.data import ContinualDataModule, Experience, TensorData  # noqa: E402
+
+SECTIONS = {"core": None, "projection": "bench_projection", "supermask": "bench_supermask", "ibcl": "bench_ibcl"}
+
+
+def quiet() -> None:
+    warnings.filterwarnings("ignore")
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric", "avalanche"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+class PermutedTensors(ContinualDataModule):
+    """A permuted-MNIST-sized stream of synthetic 784-d inputs, 10 classes (domain-IL), already in tensors."""
+
+    setting = "domain-il"
+
+    def __init__(self, *, n_experiences: int, n_train: int, n_test: int, batch_size: int, seed: int = 0) -> None:
+        super().__init__(seed=seed, val_fraction=0.0, batch_size=batch_size, eval_batch_size=1000)
+        self.n_experiences, self.n_train, self.n_test = n_experiences, n_train, n_test
+
+    def build(self) -> list[Experience]:
+        g = torch.Generator().manual_seed(self.seed)
+        w = torch.randn(784, 10, generator=g)  # (784, 10) a fixed labelling rule
+        x = torch.rand(self.n_train + self.n_test, 784, generator=g)
+        y = (x @ w).argmax(1)  # (N, 784)(784, 10) -> (N, 10) -> (N,)
+        exps = []
+        for i in range(self.n_experiences):
+            xp = x[:, torch.randperm(784, generator=g)]
+            t = torch.full_like(y, i)
+            train = TensorData(xp[: self.n_train], y[: self.n_train], t[: self.n_train])
+            test = TensorData(xp[self.n_train:], y[self.n_train:], t[self.n_train:])
+            exps.append(Experience(i, i, tuple(range(10)), train, None, test, f"permutation {i}"))
+        return exps
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def run_clkit(stream: PermutedTensors, epochs: int, lr: float) -> float:
+    import pytorch_lightning as pl
+
+    from clkit.loop import StreamRun, trainer_factory
+    from clkit.nets import MLP
+    from strategies import Naive
+
+    pl.seed_everything(0, verbose=False)
+    run = StreamRun(Naive(backbone=MLP(hidden=[256, 256]), lr=lr), stream, trainer_factory(max_epochs=epochs))
+    return float(run.run()[-1].mean())
+
+
+def run_hand(stream: PermutedTensors, epochs: int, lr: float) -> float:
+    """The loop a researcher would write by hand: same model, optimizer, batches, evaluations."""
+    torch.manual_seed(0)
+    model = mlp()
+
+    def evaluate() -> Tensor:
+        model.eval()
+        with torch.no_grad():
+            accs = [torch.cat([(model(e.test.x[i:i + 1000]).argmax(1) == e.test.y[i:i + 1000])
+                               for i in range(0, len(e.test), 1000)]).float().mean() for e in stream.experiences]
+        model.train()
+        return torch.stack(accs)
+
+    evaluate()  # untrained model, as the clkit loop does
+    last = torch.zeros(0)
+    for i, exp in enumerate(stream.experiences):
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+        g = torch.Generator().manual_seed(i)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(exp.train), generator=g).split(stream.batch_size):
+                loss = F.cross_entropy(model(exp.train.x[idx]), exp.train.y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        last = evaluate()
+    return float(last.mean())
+
+
+def run_avalanche(stream: PermutedTensors, epochs: int, lr: float) -> float:
+    from avalanche.benchmarks import tensors_benchmark
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.training.supervised import Naive as AvalancheNaive
+
+    bench = tensors_benchmark([(e.train.x, e.train.y) for e in stream.experiences],
+                              [(e.test.x, e.test.y) for e in stream.experiences], task_labels=[0] * len(stream))
+    torch.manual_seed(0)
+    model = mlp()
+    strategy = AvalancheNaive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
+                              train_mb_size=stream.batch_size, train_epochs=epochs, eval_mb_size=1000,
+                              evaluator=EvaluationPlugin(loggers=[]), device="cpu")
+    strategy.eval(bench.test_stream)
+    for exp in bench.train_stream:
+        strategy.train(exp)
+        strategy.eval(bench.test_stream)
+    return float("nan")
+
+
+def timed_rounds(contestants: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median wall time per contestant over interleaved rounds."""
+    times: dict[str, list[float]] = {k: [] for k in contestants}
+    for r in range(repeats):
+        for name, fn in contestants.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()), flush=True)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_core(quick: bool, repeats: int) -> None:
+    n_train = 2000 if quick else 10000
+    stream = PermutedTensors(n_experiences=3, n_train=n_train, n_test=1000, batch_size=64)
+    stream.setup()
+    epochs, lr = 1 if quick else 2, 0.05
+    print(f"core: permuted stream, 3 experiences x {n_train} samples of 784-d, MLP 784-256-256-10, batch 64, "
+          f"{epochs} epoch(s) per experience, SGD lr {lr}; median of {repeats} interleaved rounds")
+    run_clkit(stream, 1, lr)  # warm-up (imports, first-call costs) for all three
+    run_avalanche(stream, 1, lr)
+    med = timed_rounds({"hand-written": lambda: run_hand(stream, epochs, lr),
+                        "clkit": lambda: run_clkit(stream, epochs, lr),
+                        "avalanche": lambda: run_avalanche(stream, epochs, lr)}, repeats)
+    base = med["hand-written"]
+    for name, sec in med.items():
+        print(f"  {name:<13} {sec:7.2f} s   {sec / base:5.2f}x hand-written")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of {list(SECTIONS)}")
+    parser.add_argument("--quick", action="store_true", help="small sizes for a smoke check")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    quiet()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for section in args.only.split(","):
+        if section not in SECTIONS:
+            raise SystemExit(f"unknown section {section!r}; valid: {', '.join(SECTIONS)}")
+        print(f"\n== {section} ==", flush=True)
+        module = SECTIONS[section]
+        if module is None:
+            bench_core(args.quick, args.repeats)
+        else:
+            importlib.import_module(module).main(quick=args.quick)
+
+
+if __name__ == "__main__":
+    main()
