@@ -59,6 +59,8 @@ class IBCL(ContinualModule):
         seed: Seed of the preferences, the initialisations and the sampled models.
         faithful: Official-code behaviour for every flag below that is left ``None`` (spec section 10).
         objective, init, distance, sample_per, selection, preference_kind, eval_drop_last: The section-10 rows.
+        backbone: A frozen feature extractor (its weights are never trained); default none, the flattened inputs
+            are the features, as in the spec's precomputed 512-d feature streams.
     """
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"domain-il"})
@@ -86,8 +88,8 @@ class IBCL(ContinualModule):
             raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")
         if mc_samples < 1:
             raise ConfigError(f"mc_samples must be >= 1, got {mc_samples}")
-        self.hidden = list(hidden) if hidden is not None else list(hidden_sizes(model_size))
         try:
+            self.hidden = list(hidden) if hidden is not None else list(hidden_sizes(model_size))
             self.opts = resolve_options(
                 faithful=faithful, alpha=alpha, alpha_convention=alpha_convention, objective=objective, init=init,
                 distance=distance, d=d, combine=combine, sample_per=sample_per, selection=selection,
