@@ -68,6 +68,7 @@ class SupermaskModule(ContinualModule):
         self.learned: list[int] = []  # tasks whose masks are frozen, in learning order
         self.task_id_hits: dict[int, list[int]] = {}  # eval row -> [correct batches, batches]
         self._modules_cache: list[Any] = []
+        self._layers_cache: list[MaskedLayer] = []
 
     # -- construction ---------------------------------------------------------------------------------------------
     def density_of(self, shape: tuple[int, ...]) -> float:
@@ -91,7 +92,10 @@ class SupermaskModule(ContinualModule):
         return nn.ModuleList([LayerFactory(self.density_of, self.mask_cfg[3] + 7_777).linear(in_features, num_classes)])
 
     def _masked(self) -> list[MaskedLayer]:
-        return [m for m in self.modules() if isinstance(m, MaskedLayer)]
+        """The masked layers (backbone and head), cached once the network exists (the set never changes)."""
+        if not self._layers_cache:
+            self._layers_cache = [m for m in self.modules() if isinstance(m, MaskedLayer)]
+        return self._layers_cache
 
     def _switchable(self) -> list[Any]:
         if not self._modules_cache:
