@@ -6,10 +6,12 @@ import logging
 import warnings
 
 import pytest
+import torch
 
 from clkit.loop import TrainerFactory, trainer_factory
 from scenarios.toy import ToyPermuted, ToySplit
 
+torch.set_num_threads(1)  # tiny models: threading overhead dominates, and the suite may run two workers at once
 for _name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 warnings.filterwarnings("ignore", message=".*does not have many workers.*")
