@@ -30,7 +30,8 @@ class ExSSNeT(SupermaskModule):
     the weights selected by that mask but by no earlier task, ``E_t = M_t & ~U_t`` (``weight_epochs``). Old tasks'
     ``W * M_i`` never change, so BWT is exactly 0. Both phases run in one ``fit`` with manual optimization: one fresh
     Adam per phase (the weight optimizer has no state before phase B starts). The best state on the experience's
-    validation split over both phases is restored at the end. KKT (``sim_init``) initialises a new task's scores from
+    validation split over both phases is restored at the end
+    (without a validation split the last state is kept). KKT (``sim_init``) initialises a new task's scores from
     the earlier task whose masked features give the best KNN accuracy on the new data. Scenario: task-IL.
 
     Args:
