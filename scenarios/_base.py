@@ -114,7 +114,7 @@ class FileScenario(AvalancheScenario):
         return resolve_root(self.dataset_root, self.DATASET or type(self).__name__, self.EXPECTED)
 
     def build(self) -> list[Experience]:
-        key = cache_key(self)  # before building: building may set attributes
+        key = cache_key(self, root=str(self.root))  # before building: building may set attributes
         cached = load_cached(self.cache_dir, key)
         if cached is not None:
             return cached

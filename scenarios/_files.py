@@ -70,14 +70,15 @@ _NOT_PART_OF_KEY = frozenset({"batch_size", "eval_batch_size", "task_order", "sh
                               "prepare_data_per_node", "allow_zero_length_dataloader_with_multiple_devices"})
 
 
-def cache_key(scenario: Any) -> str:
-    """A file name for the scenario's experiences: class name + hash of its plain-valued parameters.
+def cache_key(scenario: Any, **extra: Any) -> str:
+    """A file name for the scenario's experiences: class name + hash of its plain-valued parameters and ``extra``.
 
     Parameters are the scenario's public attributes with JSON-able values; batch sizes, ``task_order`` and
     ``shuffle_tasks`` are left out because they do not change the built experiences.
     """
     params = {k: v for k, v in sorted(vars(scenario).items())
               if not k.startswith("_") and k not in _NOT_PART_OF_KEY and _plain(v)}
+    params.update(extra)
     blob = json.dumps({"class": type(scenario).__qualname__, "version": CACHE_VERSION, "params": params},
                       sort_keys=True, default=str)
     return f"{type(scenario).__name__}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.pt"
@@ -113,7 +114,7 @@ def save_cached(cache_dir: Optional[str], key: str, experiences: list[Experience
     path = folder / key
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one temporary file per process (DDP ranks build together)
         torch.save(experiences, tmp)
         os.replace(tmp, path)
     except OSError as err:

@@ -56,7 +56,7 @@ def test_cache_round_trip(fake_root: Path, tmp_path: Path, monkeypatch: pytest.M
         return classic.SplitCIFAR10(dataset_root=str(fake_root), cache_dir=str(tmp_path), **kw)
 
     first = make().experiences
-    assert [p.name for p in tmp_path.iterdir()] == [cache_key(make())]
+    assert [p.name for p in tmp_path.iterdir()] == [cache_key(make(), root=str(fake_root))]
 
     def fail(self: Any) -> None:
         raise AssertionError("the cache should have been used")
