@@ -73,8 +73,33 @@ def _error_line(err: BaseException) -> str:
     return text if isinstance(err, ClkitError) else f"{type(err).__name__}: {text}".rstrip(": ")
 
 
+def _begin_attempt(task: Task, run_dir: Path) -> tuple[dict[str, Any], list[str]]:
+    """Prepare the run directory for a new attempt; returns its ``status.json`` content and the fit arguments.
+
+    With experience checkpoints from an earlier attempt the run is resumed (``--resume``); without, it starts clean.
+    """
+    previous = read_json(run_dir / "status.json") or {}
+    resumed_from = _completed_experiences(run_dir)
+    if resumed_from == 0:
+        _fresh(run_dir)
+    config_path = run_dir / "run.yaml"
+    write_text_atomic(config_path, yaml.safe_dump(task["config"], sort_keys=False))
+    status: dict[str, Any] = {"run_id": task["run_id"], "index": task["index"], **task["names"], "grid": task["grid"],
+                              "labels": task["labels"], "status": "running",
+                              "attempt": int(previous.get("attempt", 0)) + 1, "resumed_from": resumed_from,
+                              "pid": os.getpid(), "started": now()}
+    write_json_atomic(run_dir / "status.json", status)
+    mode = ["--resume", str(run_dir)] if resumed_from else ["--run_dir", str(run_dir)]
+    return status, ["--config", str(config_path), *mode]
+
+
 def execute_run(task: Task) -> Record:
-    """Run one sweep run to completion (or failure) and record its status; never raises for a failed run."""
+    """Run one sweep run to completion (or failure) and record its status; never raises for a failed run.
+
+    Raises:
+        KeyboardInterrupt, SystemExit: On Ctrl-C (Lightning turns it into ``SystemExit``); the run stays ``running``
+            in its ``status.json`` and the next sweep resumes it.
+    """
     from clkit.cli import run_fit
 
     run_dir = Path(task["run_dir"])
@@ -84,24 +109,13 @@ def execute_run(task: Task) -> Record:
     try:
         if (run_dir / "results.json").is_file():
             return {"run_id": task["run_id"], "status": "skipped", "seconds": 0.0}
-        previous = read_json(run_dir / "status.json") or {}
-        resumed_from = _completed_experiences(run_dir)
-        if resumed_from == 0:
-            _fresh(run_dir)
-        config_path = run_dir / "run.yaml"
-        write_text_atomic(config_path, yaml.safe_dump(task["config"], sort_keys=False))
-        status: dict[str, Any] = {"run_id": task["run_id"], "index": task["index"], **task["names"],
-                                  "grid": task["grid"], "labels": task["labels"], "status": "running",
-                                  "attempt": int(previous.get("attempt", 0)) + 1, "resumed_from": resumed_from,
-                                  "pid": os.getpid(), "started": now()}
-        write_json_atomic(run_dir / "status.json", status)
-        mode = ["--resume", str(run_dir)] if resumed_from else ["--run_dir", str(run_dir)]
+        status, args = _begin_attempt(task, run_dir)
         try:
             with _captured(run_dir / "log.txt"):
-                run_fit(["--config", str(config_path), *mode])
+                run_fit(args)
             status.update(status="done")
-        except (KeyboardInterrupt, SystemExit):  # Ctrl-C (Lightning turns it into SystemExit): stop the sweep;
-            raise  # the run stays "running" and is resumed by the next sweep
+        except (KeyboardInterrupt, SystemExit):
+            raise
         except BaseException as err:  # noqa: BLE001  (a failed run is recorded, the sweep goes on)
             with open(run_dir / "log.txt", "a") as log:
                 log.write(traceback.format_exc())

@@ -62,15 +62,16 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
     fig, axes = plt.subplots(len(scenarios), 2, squeeze=False,
                              figsize=(2.0 + 2 * max(3.0, 0.35 * len(strategies) * len(hues)), 0.6 + 2.8 * len(scenarios)))
     for r, scenario in enumerate(scenarios):
+        present = [s for s in strategies if any((s, scenario, hue) in table for hue in hues)]
         for c, metric in enumerate(BAR_METRICS):
             ax = axes[r][c]
             for h, hue in enumerate(hues):
-                cells = [(i, g) for i, s in enumerate(strategies)
+                cells = [(i, g) for i, s in enumerate(present)
                          if (g := table.get((s, scenario, hue))) is not None and g.done]
                 stats = [g.stat(metric) for _, g in cells]
                 ax.bar([i - 0.4 + width * (h + 0.5) for i, _ in cells], [m for m, _ in stats], width,
                        yerr=[s or 0.0 for _, s in stats], capsize=2, label=", ".join(hue) or None)
-            ax.set_xticks(range(len(strategies)), strategies, rotation=30, ha="right", fontsize=8)
+            ax.set_xticks(range(len(present)), present, rotation=30, ha="right", fontsize=8)
             ax.set_title(f"{scenario}: {metric}", fontsize=9)
             ax.axhline(0.0, color="grey", linewidth=0.8)
             if metric == "acc":

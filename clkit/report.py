@@ -170,7 +170,8 @@ def main(args: list[str]) -> None:
     try:
         ns = parser.parse_args(args)
     except (argparse.ArgumentError, SystemExit) as err:
-        raise ConfigError(f"clkit report: {err}; usage: {parser.format_usage().strip()}") from None
+        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
+        raise ConfigError(f"clkit report: {detail} (see clkit report --help)") from None
     paths = [Path(p) for p in ns.paths]
     sweeps = [is_sweep_dir(p) for p in paths]
     if not any(sweeps):

@@ -131,11 +131,15 @@ def main(args: list[str]) -> None:
     try:
         ns = parser.parse_args(args)
     except (argparse.ArgumentError, SystemExit) as err:
-        raise ConfigError(f"clkit sweep: {err}; usage: {parser.format_usage().strip()}") from None
+        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
+        raise ConfigError(f"clkit sweep: {detail} (see clkit sweep --help)") from None
     shard = parse_shard(ns.shard)
     spec = load_sweep(Path(ns.sweep_file), ns.sweep_dir)
-    counts = run_sweep(spec, workers=ns.workers, shard=shard, skip_failed=ns.skip_failed,
-                       dry_run=ns.dry_run)
+    try:
+        counts = run_sweep(spec, workers=ns.workers, shard=shard, skip_failed=ns.skip_failed, dry_run=ns.dry_run)
+    except (KeyboardInterrupt, SystemExit):  # Lightning turns Ctrl-C during a run into SystemExit
+        raise ClkitError(f"interrupted; finished runs are kept in {spec.sweep_dir}: run the same command again to "
+                         "continue (cut runs resume from their last experience checkpoint)") from None
     if counts["failed"]:
         raise ClkitError(f"{counts['failed']} run(s) failed; errors in {spec.sweep_dir / 'sweep.json'} and each run's "
                          "log.txt")

@@ -208,6 +208,13 @@ def test_an_interrupted_sweep_resumes_the_cut_run(tmp_path: Path, sigint_restore
     assert _matrix(cut) == _matrix(fresh)  # the resumed run ends as an uninterrupted one
 
 
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
 @pytest.mark.slow  # spawns 2 worker processes (~10 s of imports each) and kills the sweep mid-run
 def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     b = base(n_exp=4)
@@ -229,14 +236,17 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
     workers = [read_json(d / ".lock")["pid"] for d in cut if (d / ".lock").exists()]
     proc.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop by themselves
     proc.wait()
-    stamps = {d: (d / "results.json").read_bytes() for d in done}
     for pid in workers:
         for _ in range(100):
-            if not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text():
+            if not _running(pid):
                 break
             time.sleep(0.1)
         else:
             pytest.fail(f"worker {pid} outlived the killed sweep")
+    done = [d for d in dirs if (d / "results.json").exists()]  # the state the kill left
+    cut = [d for d in dirs if (d / "checkpoints" / "exp0.pt").exists() and not (d / "results.json").exists()]
+    assert cut, "every cut run finished before its worker stopped"
+    stamps = {d: (d / "results.json").read_bytes() for d in done}
     counts = run_sweep(spec, workers=0)
     assert counts["skipped"] == len(done) and counts["done"] == 4 - len(done) and counts["failed"] == 0
     assert {d: (d / "results.json").read_bytes() for d in done} == stamps  # finished runs untouched
@@ -246,5 +256,7 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
         assert [p["experience"] for p in res["per_experience"]] == [0, 1, 2, 3]
     for d in cut:
         assert read_json(d / "status.json")["resumed_from"] >= 1
+    fresh = run_fit(["--config", str(cut[0] / "run.yaml"), "--run_dir", str(tmp_path / "fresh")])
+    assert _matrix(cut[0]) == _matrix(fresh)
     index = read_json(spec.sweep_dir / "sweep.json")
     assert index["counts"]["done"] == 4 and len(index["runs"]) == 4
