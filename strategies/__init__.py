@@ -3,13 +3,16 @@
 ``STRATEGIES`` is the explicit registry: every class here, in the order the README lists them.
 """
 
+from strategies.cuber import CUBER
 from strategies.ewc import EWC
 from strategies.exssnet import ExSSNeT
+from strategies.gpm import GPM
 from strategies.ibcl import IBCL
 from strategies.joint import Joint
 from strategies.naive import Naive
 from strategies.supsup import SupSup
+from strategies.trgp import TRGP
 
-__all__ = ["EWC", "ExSSNeT", "IBCL", "Joint", "Naive", "STRATEGIES", "SupSup"]
+__all__ = ["CUBER", "EWC", "ExSSNeT", "GPM", "IBCL", "Joint", "Naive", "STRATEGIES", "SupSup", "TRGP"]
 
-STRATEGIES = (Naive, Joint, EWC, IBCL, SupSup, ExSSNeT)
+STRATEGIES = (Naive, Joint, EWC, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)

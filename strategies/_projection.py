@@ -29,14 +29,17 @@ __all__ = [
     "extend_orthonormal",
     "linear_representation",
     "project_out",
+    "project_with_factor",
+    "projection_factor",
     "representation",
-    "residual_rank",
     "update_basis",
     "weight_matrix",
 ]
 
 ORTH_TOL = 1e-6
 """Columns whose norm falls below this after orthogonalisation are dropped (spec §4.3)."""
+ENERGY_TOL = 1e-9
+"""Round-off slack on energy ratios, so ``eps = 1`` keeps the rank of ``R`` instead of its null directions."""
 
 
 def weight_matrix(tensor: Tensor) -> Tensor:
@@ -147,8 +150,8 @@ def energy_rank(sq_sigma: Tensor, total: float, eps: float, *, start: float = 0.
     """Number of directions to keep so the captured energy reaches ``eps`` (spec §4.3).
 
     Returns the smallest ``r >= 0`` with ``start + sum_{i<r} sq_sigma[i] / total >= eps`` (capped at
-    ``len(sq_sigma)``). With ``faithful=True`` and ``start == 0`` (first task), returns the official code's count of
-    prefixes whose ratio is ``< eps``, one direction fewer (spec §9, pitfall #1).
+    ``len(sq_sigma)``, up to ``ENERGY_TOL``). With ``faithful=True`` and ``start == 0`` (first task), returns the
+    official code's count of prefixes whose ratio is ``< eps``, one direction fewer (spec §9, pitfall #1).
 
     Args:
         sq_sigma: Squared singular values, descending, ``(k,)``.
@@ -157,18 +160,12 @@ def energy_rank(sq_sigma: Tensor, total: float, eps: float, *, start: float = 0.
         start: Energy fraction already captured by the memory.
         faithful: Use the official first-task rule.
     """
-    if total <= 0 or start >= eps:
+    if total <= 0 or start >= eps - ENERGY_TOL:
         return 0
     ratio = start + torch.cumsum(sq_sigma, 0) / total  # (k,)
-    below = int((ratio < eps).sum())
     if faithful and start == 0.0:
-        return below
-    return min(below + 1, sq_sigma.numel())
-
-
-def residual_rank(sq_sigma_hat: Tensor, total: float, captured: float, eps: float) -> int:
-    """GPM Eq. 9: smallest ``r`` with ``captured + sum_{i<r} sigma_hat_i^2 / total >= eps``."""
-    return energy_rank(sq_sigma_hat, total, eps, start=captured)
+        return int((ratio < eps).sum())
+    return min(int((ratio < eps - ENERGY_TOL).sum()) + 1, sq_sigma.numel())
 
 
 def extend_orthonormal(memory: Tensor, new: Tensor, *, tol: float = ORTH_TOL) -> Tensor:
@@ -199,9 +196,16 @@ def extend_orthonormal(memory: Tensor, new: Tensor, *, tol: float = ORTH_TOL) ->
     return torch.cat([memory, q[:, : memory.shape[0] - memory.shape[1]]], dim=1)
 
 
-def _svd64(rep: Tensor) -> tuple[Tensor, Tensor]:
-    """Left singular vectors and squared singular values of ``rep`` in float64."""
-    u, s, _ = torch.linalg.svd(rep.double(), full_matrices=False)  # (d, k), (k,)
+def _svd(rep: Tensor) -> tuple[Tensor, Tensor]:
+    """Left singular vectors and squared singular values of ``rep`` (descending), in ``rep``'s dtype.
+
+    With many more columns than rows (float64 only), ``eigh(R R^T)`` gives the same ``U`` and ``sigma^2`` faster.
+    """
+    d, n = rep.shape
+    if rep.dtype == torch.float64 and n >= 4 * d:
+        evals, evecs = torch.linalg.eigh(rep @ rep.T)  # (d, n)(n, d) -> (d, d); ascending
+        return evecs.flip(1), evals.flip(0).clamp_min(0.0)
+    u, s, _ = torch.linalg.svd(rep, full_matrices=False)  # (d, k), (k,)
     return u, s.square()
 
 
@@ -230,25 +234,19 @@ def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = Fa
     work = rep.float() if faithful else rep.double()
     total = float(work.square().sum())
     if memory.shape[1] == 0:
-        u, sq = _svd64(work) if not faithful else _svd32(work)
+        u, sq = _svd(work)
         r = energy_rank(sq, total, eps, faithful=faithful)
         return extend_orthonormal(memory, u[:, :r]) if not faithful else u[:, :r].to(memory.dtype)
     mem = memory.to(work.dtype)
     resid = work - mem @ (mem.T @ work)  # (d,m)(m,n) -> (d,n)
-    u, sq = _svd64(resid) if not faithful else _svd32(resid)
+    u, sq = _svd(resid)
     captured = (total - float(resid.square().sum())) / total if total > 0 else 1.0
-    r = residual_rank(sq, total, captured, eps)
+    r = energy_rank(sq, total, eps, start=captured)  # GPM Eq. 9
     if r == 0:
         return memory
     if faithful:
         return torch.cat([memory, u[:, :r].to(memory.dtype)], dim=1)[:, :d]
     return extend_orthonormal(memory, u[:, :r])
-
-
-def _svd32(rep: Tensor) -> tuple[Tensor, Tensor]:
-    """As :func:`_svd64` but in float32 (official code)."""
-    u, s, _ = torch.linalg.svd(rep.float(), full_matrices=False)  # (d, k), (k,)
-    return u, s.square()
 
 
 # ------------------------------------------------------------------------------------------------------ projection
@@ -268,3 +266,31 @@ def project_out(grad: Tensor, basis: Tensor) -> Tensor:
     b = basis.to(g.dtype)
     coeffs = g @ b  # (c_out, d) @ (d, m) -> (c_out, m)
     return (g - coeffs @ b.T).view_as(grad)  # (c_out, m) @ (m, d) -> (c_out, d)
+
+
+def projection_factor(basis: Tensor) -> tuple[Tensor, bool]:
+    """The cheaper factor for removing span(``basis``) from gradients: ``(M, False)`` or ``(N, True)``.
+
+    ``G - (G M) M^T`` costs ``2 c_out d m`` per step; when ``m > d / 2`` the orthonormal complement ``N``
+    (``d x (d - m)``) gives the same result as ``(G N) N^T`` for ``2 c_out d (d - m)``. Computed once per experience.
+
+    Args:
+        basis: Orthonormal ``(d, m)``.
+
+    Returns:
+        ``(factor, is_complement)``.
+    """
+    d, m = basis.shape
+    if 2 * m <= d:
+        return basis, False
+    q, _ = torch.linalg.qr(basis.double(), mode="complete")  # (d, d); the first m columns span span(basis)
+    return q[:, m:].to(basis.dtype), True
+
+
+def project_with_factor(grad: Tensor, factor: Tensor, is_complement: bool) -> Tensor:
+    """:func:`project_out` through a factor from :func:`projection_factor`; same shape as ``grad``."""
+    if not is_complement:
+        return project_out(grad, factor)
+    g = weight_matrix(grad)
+    f = factor.to(g.dtype)
+    return ((g @ f) @ f.T).view_as(grad)  # (c_out,d)(d,d-m) -> (c_out,d-m); (c_out,d-m)(d-m,d) -> (c_out,d)

@@ -12,7 +12,7 @@ from torch import Tensor
 from clkit.data import Experience
 from clkit.errors import ConfigError
 from clkit.nets import Backbone, tensor_bytes
-from strategies._projection import project_out
+from strategies._projection import project_with_factor
 from strategies._trust_region import classify_regimes, cosine, guarded_gradient, projection_norms, released_basis
 from strategies.trgp import TRGP
 
@@ -25,7 +25,8 @@ class _Release(NamedTuple):
     """A layer's released subspace for the current experience."""
 
     tasks: list[int]
-    basis: Tensor  # U_rel (d, r), on the weight's device and dtype
+    memory: Tensor  # M (d, m), on the weight's device and dtype
+    basis: Tensor  # U_rel (d, r), likewise
     grads: list[Tensor]  # stored G_j of the released tasks
 
 
@@ -103,9 +104,9 @@ class CUBER(TRGP):
                 if u_rel.shape[1] == 0:
                     scaled, released = scaled + released, []
                 else:
-                    w = ref.weight
-                    self._release[l] = _Release(released, u_rel.to(w.device, w.dtype),
-                                                [self.task_grads[j][l].to(w.device, w.dtype) for j in released])
+                    dev = {"device": ref.weight.device, "dtype": ref.weight.dtype}
+                    self._release[l] = _Release(released, self.bases[l].to(**dev), u_rel.to(**dev),
+                                                [self.task_grads[j][l].to(**dev) for j in released])
             log.info("%s layer %s: regime (ii) %s, regime (iii) %s, correlations %s", type(self).__name__, ref.name,
                      scaled, released, [round(c, 3) for c in corrs])
             out.append(scaled if self.scalable(ref) else [])
@@ -122,15 +123,15 @@ class CUBER(TRGP):
     # -- per-step update -------------------------------------------------------------------------------------------
     def transform_gradients(self) -> None:
         counts = self.guard_counts[-1] if self.guard_counts else []
-        for l, (ref, basis) in enumerate(zip(self.projected_layers(), self._projectors)):
+        for l, (ref, (factor, complement)) in enumerate(zip(self.projected_layers(), self._projectors)):
             grad, release = ref.weight.grad, self._release[l] if l < len(self._release) else None
             if grad is None:
                 continue
             if release is None:
-                if basis.shape[1] > 0:
-                    grad.copy_(project_out(grad, basis))
+                if complement or factor.shape[1] > 0:
+                    grad.copy_(project_with_factor(grad, factor, complement))
                 continue
-            new, kept = guarded_gradient(grad, basis, release.basis, release.grads, guard=self.hparams.guard)
+            new, kept = guarded_gradient(grad, release.memory, release.basis, release.grads, guard=self.hparams.guard)
             grad.copy_(new)
             counts[l][0] += int(kept)
             counts[l][1] += 1

@@ -22,7 +22,14 @@ from strategies._projected_net import (
     resolve_per_layer,
     sample_rows,
 )
-from strategies._projection import capture_inputs, empty_basis, project_out, representation, update_basis
+from strategies._projection import (
+    capture_inputs,
+    empty_basis,
+    project_with_factor,
+    projection_factor,
+    representation,
+    update_basis,
+)
 
 __all__ = ["GPM"]
 
@@ -94,7 +101,7 @@ class GPM(ContinualModule):
         self.bases: list[Tensor] = []  # per projected layer: (d_l, m_l) float64, orthonormal columns
         self.active_task = 0  # index of the experience being trained (or last trained)
         self._layers: list[LayerRef] | None = None
-        self._projectors: list[Tensor] = []
+        self._projectors: list[tuple[Tensor, bool]] = []
         self._plateau: PlateauDecay | None = None
         self._val_loss: list[float] = [0.0, 0.0]  # (sum, count) of the running validation epoch
 
@@ -148,17 +155,19 @@ class GPM(ContinualModule):
         frozen = self.active_task > 0 and self.freezes_bn
         for p in self._bn_parameters():
             p.requires_grad_(not frozen)
-        self._projectors = [b.to(ref.weight.device, ref.weight.dtype) for b, ref in zip(self.bases,
-                                                                                        self.projected_layers())]
+        self._projectors = []  # per layer: M or its complement, whichever is cheaper (spec §4.5)
+        for basis, ref in zip(self.bases, self.projected_layers()):
+            factor, complement = projection_factor(basis)
+            self._projectors.append((factor.to(ref.weight.device, ref.weight.dtype), complement))
         hp = self.hparams
         self._plateau = None if hp.lr_patience is None else PlateauDecay(hp.lr, hp.lr_patience, hp.lr_factor,
                                                                           hp.lr_min)
 
     def transform_gradients(self) -> None:
-        for ref, basis in zip(self.projected_layers(), self._projectors):
+        for ref, (factor, complement) in zip(self.projected_layers(), self._projectors):
             grad = ref.weight.grad
-            if grad is not None and basis.shape[1] > 0:
-                grad.copy_(project_out(grad, basis))
+            if grad is not None and (complement or factor.shape[1] > 0):
+                grad.copy_(project_with_factor(grad, factor, complement))
         self._zero_frozen_grads()
 
     def _zero_frozen_grads(self) -> None:

@@ -54,3 +54,24 @@ def run_stream(strategy: ContinualModule, stream: ContinualDataModule, epochs: i
     run = StreamRun(strategy, stream, trainer_factory(max_epochs=epochs))
     acc = run.run()
     return acc, stream_metrics(acc, run.random_init_accuracy)
+
+
+class ImageStream(ContinualDataModule):
+    """Task-IL stream of random ``(3, side, side)`` images with random labels (for shape tests only)."""
+
+    setting = "task-il"
+    task_ids_at_test = True
+
+    def __init__(self, *, n: int = 130, side: int = 32, n_tasks: int = 2) -> None:
+        super().__init__(seed=0, val_fraction=0.0, batch_size=64)
+        self.n, self.side, self.n_tasks = n, side, n_tasks
+
+    def build(self) -> list[Experience]:
+        g = torch.Generator().manual_seed(0)
+        out = []
+        for e in range(self.n_tasks):
+            x = torch.randn(self.n, 3, self.side, self.side, generator=g)
+            y = torch.randint(0, 2, (self.n,), generator=g)
+            data = TensorData(x, y, torch.full_like(y, e))
+            out.append(self.make_experience(e, range(2), data, data, f"images {e}"))
+        return out

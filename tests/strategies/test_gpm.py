@@ -23,15 +23,6 @@ from tests.conftest import toy_stream_for
 from tests.strategies._projection_streams import run_stream
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    """Tiny models: one intra-op thread avoids oversubscription stalls when other processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _watch_projection(strategy: GPM) -> list[float]:
     """After every transform_gradients of a later experience: max |G M| / max |G| over the projected layers."""
     leaks: list[float] = []
@@ -162,3 +153,24 @@ def test_early_stopping_restores_the_best_validation_state() -> None:
     assert best != len(seen) - 1  # the last epoch was not the best one, so restoring matters
     for name, value in final.items():
         assert torch.equal(value, seen[best][1][name]), name
+
+
+def test_protocol_networks_give_the_spec_representation_shapes() -> None:
+    from clkit.nets import AlexNetGPM, ReducedResNet18
+    from tests.strategies._projection_streams import ImageStream
+
+    stream = ImageStream()
+    exp = stream.experiences[0]
+    alex = GPM(backbone=AlexNetGPM(), rep_samples=125, layer_samples=[24, 100, 100, 125, 125])
+    alex.bind(stream)
+    reps = alex.representations(exp, torch.arange(125))
+    assert [tuple(r.shape) for r in reps] == [(48, 20184), (576, 14400), (512, 2500), (1024, 125), (2048, 125)]
+    resnet = TRGP(backbone=ReducedResNet18(nf=20), rep_samples=100, layer_samples=[10] * 9 + [50] * 4 + [100] * 7)
+    resnet.bind(stream)
+    layers = resnet.projected_layers()
+    assert resnet.backbone.out_features == 640 and len(layers) == 20  # type: ignore[union-attr]
+    shortcuts = [i for i, ref in enumerate(layers) if not resnet.scalable(ref)]
+    assert shortcuts == [7, 12, 17]  # the three strided 1x1 shortcuts: projected, never scaled
+    reps = resnet.representations(exp, torch.arange(100))
+    assert tuple(reps[7].shape) == (20, 10 * 16 * 16)  # 1x1 patches of the block input at stride 2
+    assert tuple(reps[0].shape) == (27, 10 * 32 * 32) and tuple(reps[19].shape) == (1440, 100 * 4 * 4)

@@ -14,6 +14,8 @@ from strategies._projection import (
     extend_orthonormal,
     linear_representation,
     project_out,
+    project_with_factor,
+    projection_factor,
     representation,
     update_basis,
 )
@@ -158,6 +160,19 @@ def test_projected_gradient_is_orthogonal_to_basis() -> None:
     # the component outside span(mem) is untouched
     perp = grad.view(16, -1).double() - (grad.view(16, -1).double() @ mem) @ mem.T
     assert torch.allclose(out.view(16, -1).double(), perp, atol=1e-5)
+
+
+@pytest.mark.parametrize("rank", [0, 5, 40, 47, 48])
+def test_complement_factor_gives_the_same_projection(rank: int) -> None:
+    gen = _gen(14)
+    mem = empty_basis(48)
+    if rank:
+        mem = update_basis(mem, _low_rank(48, rank, 200, gen, decay=0.95), 1.0)
+    assert mem.shape[1] == rank
+    factor, complement = projection_factor(mem)
+    assert complement == (2 * rank > 48) and factor.shape == (48, rank if not complement else 48 - rank)
+    grad = torch.randn(7, 3, 4, 4, generator=gen, dtype=torch.float64)
+    assert torch.allclose(project_with_factor(grad, factor, complement), project_out(grad, mem), atol=1e-10)
 
 
 # ------------------------------------------------------------------------------------------- item 4: zero forgetting

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import pytorch_lightning as pl
 import torch
 
@@ -11,14 +10,6 @@ from strategies._trust_region import scaled_weight
 from strategies.gpm import GPM
 from strategies.trgp import TRGP
 from tests.strategies._projection_streams import ReadoutStream, run_stream
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():  # type: ignore[no-untyped-def]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _trgp(**kwargs: object) -> TRGP:
