@@ -144,6 +144,8 @@ def run_fit(args: list[str]) -> Path:
     try:
         run.run(resume=bool(resume))
     except ClkitError as err:
+        if not run.completed:
+            raise
         write_json(run_dir / "results.partial.json", partial_results(run, seed=seed, config=config, error=str(err)))
         raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
                          f"continue with --resume {run_dir})") from None

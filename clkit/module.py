@@ -58,6 +58,9 @@ class ContinualModule(pl.LightningModule):
             raise ConfigError(f"lr must be > 0, got {lr}")
         if optimizer not in ("sgd", "adam"):
             raise ConfigError(f"optimizer={optimizer!r} is not one of 'sgd', 'adam'")
+        # Kept apart from ``hparams``: a subclass's save_hyperparameters records its own signature only.
+        self.optim_config: dict[str, Any] = {"lr": lr, "optimizer": optimizer, "momentum": momentum,
+                                             "weight_decay": weight_decay}
         self.backbone = backbone
         self.heads = nn.ModuleList()
         self.setting: str = ""
@@ -170,14 +173,14 @@ class ContinualModule(pl.LightningModule):
             exp = self.current_experience.index if self.current_experience else "?"
             raise NonFiniteLossError(f"training loss is {loss.item()} at experience {exp}, epoch "
                                      f"{self.current_epoch}, batch {batch_idx}; try a smaller lr (now "
-                                     f"{self.hparams.get('lr')})")
+                                     f"{self.optim_config['lr']})")
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.optimizer_parameters() if p.requires_grad]
-        hp = self.hparams
-        if hp.optimizer == "adam":
-            return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        cfg = self.optim_config
+        if cfg["optimizer"] == "adam":
+            return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
 
     def optimizer_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer of the current experience updates (default: all)."""

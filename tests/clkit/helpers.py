@@ -24,3 +24,16 @@ class CrashAt(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
         if pl_module.current_experience.index == self.experience:
             raise RuntimeError(f"simulated crash at experience {self.experience}")
+
+
+class NaNAt(Naive):
+    """Naive whose loss becomes NaN on experience ``experience`` (tests the NaN stop)."""
+
+    def __init__(self, *, experience: int = 1, lr: float = 0.05) -> None:
+        super().__init__(lr=lr)
+        self.nan_experience = experience
+
+    def training_step(self, batch: Any, batch_idx: int) -> Any:
+        loss = super().training_step(batch, batch_idx)
+        assert self.current_experience is not None
+        return loss * float("nan") if self.current_experience.index == self.nan_experience else loss

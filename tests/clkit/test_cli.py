@@ -114,3 +114,13 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     subprocess.run([*args, "--resume", str(run)], check=True, capture_output=True, env=env)
     subprocess.run([*args, "--run_dir", str(tmp_path / "full")], check=True, capture_output=True, env=env)
     assert _results(run)["accuracy_matrix"] == _results(tmp_path / "full")["accuracy_matrix"]
+
+
+def test_nan_loss_stops_and_keeps_completed_experiences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--run_dir", str(tmp_path), *PERMUTED, "--model", "tests.clkit.helpers.NaNAt"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "loss is nan at experience 1" in err and "--resume" in err, err
+    partial = json.loads((tmp_path / "results.partial.json").read_text())
+    assert partial["completed_experiences"] == 1 and len(partial["accuracy_matrix_rows"]) == 1
+    assert (tmp_path / "checkpoints" / "exp0.pt").is_file() and not (tmp_path / "results.json").exists()
