@@ -32,6 +32,7 @@ __all__ = [
     "project_with_factor",
     "projection_factor",
     "representation",
+    "svd_energies",
     "update_basis",
     "weight_matrix",
 ]
@@ -196,7 +197,7 @@ def extend_orthonormal(memory: Tensor, new: Tensor, *, tol: float = ORTH_TOL) ->
     return torch.cat([memory, q[:, : memory.shape[0] - memory.shape[1]]], dim=1)
 
 
-def _svd(rep: Tensor) -> tuple[Tensor, Tensor]:
+def svd_energies(rep: Tensor) -> tuple[Tensor, Tensor]:
     """Left singular vectors and squared singular values of ``rep`` (descending), in ``rep``'s dtype.
 
     With many more columns than rows (float64 only), ``eigh(R R^T)`` gives the same ``U`` and ``sigma^2`` faster.
@@ -234,12 +235,12 @@ def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = Fa
     work = rep.float() if faithful else rep.double()
     total = float(work.square().sum())
     if memory.shape[1] == 0:
-        u, sq = _svd(work)
+        u, sq = svd_energies(work)
         r = energy_rank(sq, total, eps, faithful=faithful)
         return extend_orthonormal(memory, u[:, :r]) if not faithful else u[:, :r].to(memory.dtype)
     mem = memory.to(work.dtype)
     resid = work - mem @ (mem.T @ work)  # (d,m)(m,n) -> (d,n)
-    u, sq = _svd(resid)
+    u, sq = svd_energies(resid)
     captured = (total - float(resid.square().sum())) / total if total > 0 else 1.0
     r = energy_rank(sq, total, eps, start=captured)  # GPM Eq. 9
     if r == 0:

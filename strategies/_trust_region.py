@@ -16,6 +16,7 @@ from strategies._projection import (
     ORTH_TOL,
     energy_rank,
     extend_orthonormal,
+    svd_energies,
     update_basis,
     weight_matrix,
 )
@@ -76,8 +77,8 @@ def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool
     coeffs = mem.T @ work  # (m, d) @ (d, n) -> (m, n)
     delta = coeffs.square().sum(dim=1)  # (m,)
     resid = work - mem @ coeffs  # (d, m) @ (m, n) -> (d, n)
-    u, s, _ = torch.linalg.svd(resid.float() if faithful else resid, full_matrices=False)  # (d, k), (k,)
-    pool = torch.cat([delta, s.double().square()])  # (m + k,)
+    u, sq = svd_energies(resid.float() if faithful else resid)  # (d, k), (k,)
+    pool = torch.cat([delta, sq.double()])  # (m + k,)
     order = torch.argsort(pool, descending=True)
     r = min(energy_rank(pool[order], total, eps), d)
     chosen = order[:r]
@@ -126,24 +127,30 @@ def trust_region(norms: Tensor, grad_norm: float, eps_proj: float, top_k: int = 
 
 
 # ------------------------------------------------------------------------------------------------ TRGP §5.3
-def scaled_weight(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tensor]) -> Tensor:
+def scaled_weight(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tensor],
+                  products: Sequence[Tensor] | None = None) -> Tensor:
     """``W_eff = W + sum_s W B_s (Q_s - I) B_s^T`` reshaped like ``weight`` (spec §5.3).
 
-    Differentiable in ``weight`` and in every ``Q_s``; equals ``weight`` when every ``Q_s = I``.
+    Differentiable in ``weight`` and in every ``Q_s``; equals ``weight`` when every ``Q_s = I``. While ``W`` is
+    trained with gradients projected out of ``span(M) >= span(B_s)``, ``W B_s`` does not change, so it may be
+    passed precomputed (``products``, used as constants): ``W``'s gradient then differs only inside ``span(B_s)``,
+    which the projection removes, and each forward saves a ``c_out x d x k`` product.
 
     Args:
         weight: Linear ``(c_out, d)`` or conv ``(c_out, C_in, kh, kw)`` weight.
         bases: ``B_s`` of shape ``(d, k_s)``.
         scales: ``Q_s`` of shape ``(k_s, k_s)``.
+        products: Optional precomputed ``W B_s`` of shape ``(c_out, k_s)``.
     """
-    if len(bases) != len(scales):
-        raise ValueError(f"got {len(bases)} bases but {len(scales)} scale matrices; they must pair up")
+    if len(bases) != len(scales) or (products is not None and len(products) != len(bases)):
+        raise ValueError(f"got {len(bases)} bases, {len(scales)} scale matrices and "
+                         f"{'no' if products is None else len(products)} products; they must pair up")
     w = weight_matrix(weight)
     out = w
-    for b, q in zip(bases, scales):
+    for i, (b, q) in enumerate(zip(bases, scales)):
         b = b.to(w.dtype)
         eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
-        wb = w @ b  # (c_out, d) @ (d, k) -> (c_out, k)
+        wb = w @ b if products is None else products[i]  # (c_out, d) @ (d, k) -> (c_out, k)
         out = out + (wb @ (q - eye)) @ b.T  # (c_out,k)(k,k) -> (c_out,k); (c_out,k)(k,d) -> (c_out,d)
     return out.view_as(weight)
 

@@ -232,7 +232,9 @@ class GPM(ContinualModule):
             return
         state = {n: p for n, p in self.named_parameters()} | {n: b for n, b in self.named_buffers()
                                                               if n.startswith("backbone")}
-        lr = self._plateau.step(self._val_loss[0] / self._val_loss[1], state)
+        total = self.trainer.strategy.reduce(torch.tensor(self._val_loss, dtype=torch.float64, device=self.device),
+                                             reduce_op="sum")  # the same decision on every DDP rank
+        lr = self._plateau.step(float(total[0] / total[1]), state)
         for opt in self.trainer.optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr

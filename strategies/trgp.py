@@ -67,11 +67,19 @@ class TRGP(GPM):
         self.scales = nn.ParameterDict()  # live Q's of the experience being trained, keys "<layer>_<task>"
         self.selection: list[list[int]] = []  # live S_t^l
         self._basis_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
+        self._live_products: list[list[Tensor]] = []  # W B_s of the live selection, fixed at experience start
         self._in_scaled_call = False
 
     @property
     def freezes_bn(self) -> bool:
         return not self.hparams.faithful
+
+    def bind(self, stream: Any) -> None:
+        super().bind(stream)
+        if not self.task_ids_at_test:
+            log.warning("%s evaluates each task with its own stored scale matrices, chosen by the batch's task id: "
+                        "on %s (no task ids at test) it is task-aware at test time, as in the official permuted-MNIST "
+                        "protocol", type(self).__name__, stream.name)
 
     def task_basis(self, layer: int, task: int) -> Tensor:
         """``B_task`` of projected layer ``layer``, float64 ``(d, k)``."""
@@ -104,9 +112,12 @@ class TRGP(GPM):
 
     def effective_weights(self, task: int) -> dict[str, Tensor]:
         """``W_eff`` of every scaled layer when evaluating ``task`` (live Q's while it trains, stored ones after)."""
+        products: list[list[Tensor] | None] = [None] * len(self.projected_layers())
         if len(self.scales) > 0 and task == self.active_task:
             selection = self.selection
             scales = [[self.scales[f"{l}_{s}"] for s in sel] for l, sel in enumerate(selection)]
+            if not self.hparams.faithful:  # W B_s is constant while W trains in span(M)^perp (see scaled_weight)
+                products = self._live_products
         elif task < len(self.task_scales):
             selection, scales = self.task_selection[task], self.task_scales[task]
         else:
@@ -116,7 +127,7 @@ class TRGP(GPM):
             if sel:
                 w = ref.weight
                 bases = [self._cached_basis(l, s, w) for s in sel]
-                out[f"{ref.name}.weight"] = scaled_weight(w, bases, [q.to(w.device) for q in scales[l]])
+                out[f"{ref.name}.weight"] = scaled_weight(w, bases, [q.to(w.device) for q in scales[l]], products[l])
         return out
 
     def _cached_basis(self, layer: int, task: int, like: Tensor) -> Tensor:
@@ -134,7 +145,10 @@ class TRGP(GPM):
         if experience.index == 0 or not self.task_bases:
             return
         self.selection = self.select_regimes(self.new_task_gradients(experience))
+        self._live_products = []
         for l, (ref, sel) in enumerate(zip(layers, self.selection)):
+            w = ref.weight.detach().reshape(ref.weight.shape[0], -1)
+            self._live_products.append([w @ self._cached_basis(l, s, w) for s in sel])  # (c_out,d)(d,k) -> (c_out,k)
             for s in sel:
                 k = self.task_basis(l, s).shape[1]
                 self.scales[f"{l}_{s}"] = nn.Parameter(torch.eye(k, device=ref.weight.device, dtype=ref.weight.dtype))

@@ -255,6 +255,8 @@ def test_scaled_weight_identity_and_orthogonal_inputs(shape: tuple[int, ...]) ->
     assert torch.allclose(w_eff @ x_perp, w.reshape(5, 12) @ x_perp, atol=1e-5)  # only span(B_1) is rescaled
     with pytest.raises(ValueError, match="pair"):
         scaled_weight(w, [b1], eye)
+    products = [w.reshape(5, 12) @ b1, w.reshape(5, 12) @ b2]  # precomputed W B_s: the same W_eff
+    assert torch.allclose(scaled_weight(w, [b1, b2], q, products).reshape(5, 12), w_eff, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------- CUBER (§6, item 6)

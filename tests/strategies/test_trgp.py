@@ -29,7 +29,15 @@ def test_scales_start_at_identity_and_are_stored_as_independent_clones() -> None
         for name, w_eff in strategy.effective_weights(exp.index).items():
             at_start.append(torch.allclose(w_eff, weights[name], atol=1e-6))  # W_eff = W at Q = I
 
+    live_matches_exact: list[bool] = []
+
     def on_end(exp):  # type: ignore[no-untyped-def]
+        live = strategy.effective_weights(exp.index)  # uses W B_s fixed at the experience start
+        for l, (ref, sel) in enumerate(zip(strategy.projected_layers(), strategy.selection)):
+            if sel:
+                exact = scaled_weight(ref.weight, [strategy.task_basis(l, s).float() for s in sel],
+                                      [strategy.scales[f"{l}_{s}"] for s in sel])
+                live_matches_exact.append(torch.allclose(live[f"{ref.name}.weight"], exact, atol=1e-5))
         end(exp)
         if exp.index == 1:
             after_task_1.extend([q.clone() for q in qs] for qs in strategy.task_scales[1])
@@ -37,6 +45,7 @@ def test_scales_start_at_identity_and_are_stored_as_independent_clones() -> None
     strategy.on_experience_start, strategy.on_experience_end = on_start, on_end  # type: ignore[method-assign]
     run_stream(strategy, ReadoutStream("related", n_tasks=3), epochs=1)
     assert at_start and all(at_start)
+    assert live_matches_exact and all(live_matches_exact)  # W B_s stayed constant under projected training
     assert len(strategy.scales) == 0  # no live scale parameters outside an experience
     params = {p.data_ptr() for p in strategy.parameters()}
     n_scaled = 0
