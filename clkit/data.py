@@ -195,11 +195,17 @@ class ContinualDataModule(pl.LightningDataModule):
     def train_loader(self, data: TensorData, experience_index: int) -> DataLoader:
         return make_loader(data, self.batch_size, shuffle=True, seed=self.seed * 100_003 + experience_index)
 
-    def eval_loader(self, data: TensorData) -> DataLoader:
-        return make_loader(data, self.eval_batch_size, shuffle=False)
+    def eval_loader(self, data: TensorData, seed: int = 0) -> DataLoader:
+        """Validation/test batches in a seeded shuffled order.
 
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self.eval_loader(e.test) for e in self.experiences]
+        Accuracy does not depend on the order, except for networks that normalise with the test batch's own
+        statistics (BatchNorm without running statistics, as in the GPM protocols): there, class-sorted batches
+        would distort it, so batches are mixed, reproducibly.
+        """
+        return make_loader(data, self.eval_batch_size, shuffle=True, seed=seed)
+
+    def test_dataloader(self, seed: int = 0) -> list[DataLoader]:
+        return [self.eval_loader(e.test, seed=seed) for e in self.experiences]
 
     # -- helpers for subclasses -----------------------------------------------------------------------------------
     def make_experience(self, index: int, classes: Sequence[int], train: TensorData, test: TensorData,

@@ -112,8 +112,10 @@ class StreamRun:
         return len(self.per_experience)
 
     def _test(self, trainer: pl.Trainer, row: int) -> None:
+        """Fill one matrix row; with ``strategy.test_passes > 1`` the counts of several reshuffled passes add up."""
         self.strategy.eval_row = row
-        trainer.test(self.strategy, dataloaders=self.stream.test_dataloader(), verbose=False)
+        for p in range(max(1, int(self.strategy.test_passes))):
+            trainer.test(self.strategy, dataloaders=self.stream.test_dataloader(seed=p), verbose=False)
 
     def _announce(self, i: int, seconds: float) -> None:
         row = self.accuracy_matrix[i]

@@ -49,6 +49,7 @@ class ContinualModule(pl.LightningModule):
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     HEAD_BIAS: ClassVar[bool] = True
+    LABEL: ClassVar[Optional[str]] = None  # name in results and tables; default: the class name
 
     def __init__(self, *, backbone: Optional[Backbone] = None, lr: float = 0.01,
                  optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
@@ -68,8 +69,13 @@ class ContinualModule(pl.LightningModule):
         self.task_ids_at_test = True
         self.current_experience: Optional[Experience] = None
         self.eval_row = 0  # row of the accuracy matrix that test_step fills; -1 = untrained model
+        self.test_passes = 1  # test passes per matrix row, each over reshuffled batches (counts add up)
         self.accuracy: Optional[AccuracyMatrix] = None
         self.init_accuracy: Optional[AccuracyMatrix] = None
+
+    @property
+    def label(self) -> str:
+        return self.LABEL or type(self).__name__
 
     # -- binding to a scenario ------------------------------------------------------------------------------------
     @property

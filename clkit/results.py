@@ -31,7 +31,7 @@ def build_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any]
     acc, init = run.accuracy_matrix, run.random_init_accuracy
     out: dict[str, Any] = {
         "clkit_version": clkit.__version__,
-        "strategy": type(run.strategy).__name__,
+        "strategy": run.strategy.label,
         "scenario": run.stream.name,
         "setting": run.stream.setting,
         "seed": seed,
@@ -55,7 +55,7 @@ def partial_results(run: StreamRun, *, seed: Optional[int], config: dict[str, An
     """What a run that stopped early has: the completed rows of the matrix and the error."""
     done = run.completed
     rows = _floats(run.accuracy_matrix[:done]) if run.strategy.accuracy is not None else []
-    return {"clkit_version": clkit.__version__, "strategy": type(run.strategy).__name__, "scenario": run.stream.name,
+    return {"clkit_version": clkit.__version__, "strategy": run.strategy.label, "scenario": run.stream.name,
             "seed": seed, "completed_experiences": done, "accuracy_matrix_rows": rows,
             "per_experience": run.per_experience, "error": error, "config": config}
 

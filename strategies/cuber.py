@@ -63,15 +63,19 @@ class CUBER(TRGP):
             :class:`strategies.TRGP`.
     """
 
+    LABEL = "CUBER (clkit reconstruction)"
+
     def __init__(self, *, eps_corr: float = 0.0, guard: bool = True, eps_proj: float = 0.5, top_k: int = 2,
                  trust_samples: int = 125, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
                  rep_samples: int = 300, layer_samples: list[int] | None = None, lr_patience: int | None = None,
                  lr_factor: float = 3.0, lr_min: float = 1e-3, faithful: bool = False, seed: int = 0,
+                 test_passes: int = 1,
                  backbone: Backbone | None = None, lr: float = 0.01, optimizer: Literal["sgd", "adam"] = "sgd",
                  momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(eps_proj=eps_proj, top_k=top_k, trust_samples=trust_samples, threshold=threshold,
                          threshold_step=threshold_step, rep_samples=rep_samples, layer_samples=layer_samples,
                          lr_patience=lr_patience, lr_factor=lr_factor, lr_min=lr_min, faithful=faithful, seed=seed,
+                         test_passes=test_passes,
                          backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         self.save_hyperparameters(ignore=["backbone"])
         if not -1.0 <= eps_corr < 1.0:

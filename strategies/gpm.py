@@ -66,6 +66,9 @@ class GPM(ContinualModule):
         faithful: Reproduce the official code's basis rules (spec §9 rows 1-2: first-task rank one fewer, float32
             bases concatenated without re-orthonormalisation).
         seed: Seed of the representation samples.
+        test_passes: Test passes per accuracy-matrix row, each over reshuffled batches; their counts add up. The
+            protocol nets normalise with test-batch statistics, so TRGP averages several passes (spec §7: 10 on
+            CIFAR-100, 5 on 5-Datasets/MiniImageNet, 1 on PMNIST).
         backbone: Feature extractor; default a bias-free MLP 100-100 (or a bias-free CNN for images >= 16 px).
         lr: Learning rate.
         optimizer: Must be ``"sgd"``.
@@ -79,11 +82,15 @@ class GPM(ContinualModule):
     def __init__(self, *, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
                  rep_samples: int = 300, layer_samples: list[int] | None = None,
                  lr_patience: int | None = None, lr_factor: float = 3.0, lr_min: float = 1e-3,
-                 faithful: bool = False, seed: int = 0, backbone: Backbone | None = None, lr: float = 0.01,
+                 faithful: bool = False, seed: int = 0,
+                 test_passes: int = 1, backbone: Backbone | None = None, lr: float = 0.01,
                  optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
         super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         self.save_hyperparameters(ignore=["backbone"])
         name = type(self).__name__
+        if test_passes < 1:
+            raise ConfigError(f"test_passes must be >= 1, got {test_passes}")
+        self.test_passes = test_passes
         if optimizer != "sgd":
             raise ConfigError(f"{name} needs optimizer='sgd', got {optimizer!r}: element-wise preconditioning "
                               "(Adam) breaks the orthogonality of the projected update")

@@ -55,3 +55,21 @@ def test_task_order_and_seeded_shuffle() -> None:
     assert [e.classes for e in shuffled] == [e.classes for e in again]
     with pytest.raises(ConfigError, match="permutation"):
         ToySplit(num_experiences=4, task_order=[0, 1, 1, 2]).experiences  # noqa: B018
+
+
+def test_test_passes_add_up_and_reshuffle() -> None:
+    import pytorch_lightning as pl
+
+    from clkit.loop import StreamRun, trainer_factory
+    from strategies import Naive
+
+    stream = ToySplit(num_experiences=2, setting="task-il", seed=0, eval_batch_size=5)
+    orders = [[int(x[0, 0] * 1e4) for x, _, _ in stream.test_dataloader(seed=p)[0]] for p in (0, 1)]
+    assert orders[0] != orders[1]  # each pass sees other batches
+    pl.seed_everything(0, verbose=False)
+    strategy = Naive()
+    strategy.test_passes = 3
+    run = StreamRun(strategy, stream, trainer_factory(max_epochs=1))
+    run.run()
+    n_test = torch.tensor([len(e.test) for e in stream.experiences], dtype=torch.float64)
+    assert strategy.accuracy is not None and torch.equal(strategy.accuracy.total, 3 * n_test.expand(2, 2))
