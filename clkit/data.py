@@ -6,18 +6,18 @@ by indexing (no per-sample Python work). Scenarios subclass :class:`ContinualDat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "make_loader", "split_train_val", "ContinualDataModule"]
+__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "BatchIndexSampler", "make_loader", "split_train_val", "ContinualDataModule"]
 
 Setting = Literal["task-il", "domain-il", "class-il"]
 SETTINGS: tuple[str, ...] = ("task-il", "domain-il", "class-il")
@@ -49,7 +49,7 @@ class TensorData(Dataset):
 
     def __getitem__(self, idx: Any) -> Batch:
         if isinstance(idx, list):
-            idx = torch.as_tensor(idx, dtype=torch.long)
+            idx = torch.as_tensor(idx, dtype=torch.long)  # (a tensor from BatchIndexSampler passes straight through)
         x = self.x[idx]
         if self.transform is not None:
             x = self.transform(x)
@@ -93,20 +93,35 @@ class Experience:
     name: str = ""
 
 
-def make_loader(data: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
-    """A DataLoader that fetches each batch with one indexing call.
+class BatchIndexSampler(Sampler[Tensor]):
+    """Yields one index tensor per batch: a seeded permutation (or ``arange``) split into batches.
 
-    The sampler yields lists of indices (a ``BatchSampler`` used as the sampler, ``batch_size=None``), so Lightning can
-    still shard it across DDP ranks. Shuffling uses its own generator seeded with ``seed``: the order does not depend
-    on the global random state.
+    Each pass draws a new permutation from its own generator, so epochs differ but the whole sequence is fixed by
+    ``seed``. Being a plain sampler, Lightning can still shard it across DDP ranks (whole batches per rank).
+    """
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int = 0) -> None:
+        self.n, self.batch_size, self.shuffle = n, batch_size, shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else torch.arange(self.n)
+        return iter(order.split(self.batch_size))
+
+
+def make_loader(data: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0) -> DataLoader:
+    """A DataLoader that fetches each batch with one indexing call (no per-sample Python work).
+
+    The sampler yields index tensors (``batch_size=None`` turns off the DataLoader's own batching); shuffling uses its
+    own generator seeded with ``seed``, so the order does not depend on the global random state.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if shuffle:
-        base: Any = RandomSampler(data, generator=torch.Generator().manual_seed(seed))
-    else:
-        base = SequentialSampler(data)
-    return DataLoader(data, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None)
+    sampler = BatchIndexSampler(len(data), batch_size, shuffle=shuffle, seed=seed)  # type: ignore[arg-type]
+    return DataLoader(data, sampler=sampler, batch_size=None)
 
 
 def split_train_val(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData, Optional[TensorData]]:

@@ -70,6 +70,7 @@ class ContinualModule(pl.LightningModule):
         self.current_experience: Optional[Experience] = None
         self.eval_row = 0  # row of the accuracy matrix that test_step fills; -1 = untrained model
         self.test_passes = 1  # test passes per matrix row, each over reshuffled batches (counts add up)
+        self._epoch_means: dict[str, tuple[Tensor, int, bool]] = {}
         self.accuracy: Optional[AccuracyMatrix] = None
         self.init_accuracy: Optional[AccuracyMatrix] = None
 
@@ -154,8 +155,22 @@ class ContinualModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y, t = batch
         loss = F.cross_entropy(self(x, t), y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_epoch_mean("train/loss", loss, len(y))
         return loss
+
+    def log_epoch_mean(self, name: str, value: Tensor, n: int, prog_bar: bool = True) -> None:
+        """Accumulate a per-batch mean and log its epoch mean once, at the end of the training epoch.
+
+        Equivalent to ``self.log(name, value, on_step=False, on_epoch=True)`` but without Lightning's per-call
+        bookkeeping, which costs about as much as a small network's training step.
+        """
+        total, count, _ = self._epoch_means.get(name, (value.new_zeros(()), 0, prog_bar))
+        self._epoch_means[name] = (total + value.detach() * n, count + n, prog_bar)
+
+    def on_train_epoch_end(self) -> None:
+        for name, (total, count, prog_bar) in self._epoch_means.items():
+            self.log(name, total / max(count, 1), prog_bar=prog_bar, sync_dist=True)
+        self._epoch_means = {}
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, t = batch

@@ -90,8 +90,8 @@ class EWC(ContinualModule):
             params = dict(self.named_parameters())
             penalty = torch.stack([ewc_penalty(params, f, a) for f, a in zip(self.fishers, self.anchors)]).sum()
             loss = ce + self.hparams.ewc_lambda * penalty
-            self.log("train/ewc_penalty", penalty, on_step=False, on_epoch=True)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+            self.log_epoch_mean("train/ewc_penalty", penalty, len(y), prog_bar=False)
+        self.log_epoch_mean("train/loss", loss, len(y))
         return loss
 
     def on_experience_end(self, experience: Experience) -> None:

@@ -160,7 +160,7 @@ class ExSSNeT(SupermaskModule):
         optimizer.step()  # Lightning calls on_before_optimizer_step -> transform_gradients
         if guard:
             self._after_weight_step(before)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_epoch_mean("train/loss", loss, len(y))
         return loss.detach()
 
     def transform_gradients(self) -> None:
@@ -180,6 +180,7 @@ class ExSSNeT(SupermaskModule):
                 raise AssertionError("a weight outside the exclusive mask E_t changed during the weight phase")
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         schedulers = self.lr_schedulers()
         assert isinstance(schedulers, list)
         schedulers[0 if self.phase == "mask" else 1].step()  # type: ignore[call-arg]

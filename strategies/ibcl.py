@@ -186,7 +186,7 @@ class IBCL(ContinualModule):
                 prior_sigma=self.prior_sigma, n_train=self._n_train, theta=theta,
                 objective="clean" if self.opts.objective == "elbo" else "faithful"))
         loss = torch.stack(per_chain).mean(0).sum()  # mean over samples, sum over chains
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log_epoch_mean("train/loss", loss, len(y))
         return loss
 
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
