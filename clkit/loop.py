@@ -100,12 +100,13 @@ class StreamRun:
     @property
     def accuracy_matrix(self) -> Tensor:
         assert self.strategy.accuracy is not None
-        return self.strategy.accuracy.compute().float()
+        t = self.strategy.num_tasks
+        return self.strategy.accuracy.compute().float().reshape(t, t)  # torchmetrics squeezes a (1, 1) result
 
     @property
     def random_init_accuracy(self) -> Tensor:
         assert self.strategy.init_accuracy is not None
-        return self.strategy.init_accuracy.compute()[0].float()
+        return self.strategy.init_accuracy.compute().float().reshape(-1)
 
     @property
     def completed(self) -> int:

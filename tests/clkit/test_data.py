@@ -73,3 +73,15 @@ def test_test_passes_add_up_and_reshuffle() -> None:
     run.run()
     n_test = torch.tensor([len(e.test) for e in stream.experiences], dtype=torch.float64)
     assert strategy.accuracy is not None and torch.equal(strategy.accuracy.total, 3 * n_test.expand(2, 2))
+
+
+def test_single_experience_stream() -> None:
+    import pytorch_lightning as pl
+
+    from clkit.loop import StreamRun, trainer_factory
+    from strategies import Naive
+
+    pl.seed_everything(0, verbose=False)
+    run = StreamRun(Naive(lr=0.1), ToySplit(num_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3))
+    acc = run.run()
+    assert acc.shape == (1, 1) and run.random_init_accuracy.shape == (1,) and float(acc[0, 0]) > 0.6
