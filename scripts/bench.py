@@ -62,11 +62,12 @@ class PermutedTensors(ContinualDataModule):
         return exps
 
 
-def mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
+def mlp(width: int = 256) -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 10))
 
 
-def run_clkit(stream: PermutedTensors, epochs: int, lr: float) -> float:
+def run_clkit(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:
     import pytorch_lightning as pl
 
     from clkit.loop import StreamRun, trainer_factory
@@ -74,14 +75,40 @@ def run_clkit(stream: PermutedTensors, epochs: int, lr: float) -> float:
     from strategies import Naive
 
     pl.seed_everything(0, verbose=False)
-    run = StreamRun(Naive(backbone=MLP(hidden=[256, 256]), lr=lr), stream, trainer_factory(max_epochs=epochs))
+    run = StreamRun(Naive(backbone=MLP(hidden=[width, width]), lr=lr), stream, trainer_factory(max_epochs=epochs))
     return float(run.run()[-1].mean())
 
 
-def run_hand(stream: PermutedTensors, epochs: int, lr: float) -> float:
+def run_bare_lightning(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:
+    """A minimal LightningModule (no clkit) on the same batches: Lightning's own per-step cost."""
+    import pytorch_lightning as pl
+
+    from clkit.data import make_loader
+
+    class Bare(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp(width)
+
+        def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+            return F.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self) -> Any:
+            return torch.optim.SGD(self.parameters(), lr=lr)
+
+    torch.manual_seed(0)
+    module = Bare()
+    for i, exp in enumerate(stream.experiences):
+        trainer = pl.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, accelerator="cpu", devices=1)
+        trainer.fit(module, make_loader(exp.train, stream.batch_size, shuffle=True, seed=i))
+    return float("nan")
+
+
+def run_hand(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:
     """The loop a researcher would write by hand: same model, optimizer, batches, evaluations."""
     torch.manual_seed(0)
-    model = mlp()
+    model = mlp(width)
 
     def evaluate() -> Tensor:
         model.eval()
@@ -106,7 +133,7 @@ def run_hand(stream: PermutedTensors, epochs: int, lr: float) -> float:
     return float(last.mean())
 
 
-def run_avalanche(stream: PermutedTensors, epochs: int, lr: float) -> float:
+def run_avalanche(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:
     from avalanche.benchmarks import tensors_benchmark
     from avalanche.training.plugins import EvaluationPlugin
     from avalanche.training.supervised import Naive as AvalancheNaive
@@ -114,7 +141,7 @@ def run_avalanche(stream: PermutedTensors, epochs: int, lr: float) -> float:
     bench = tensors_benchmark([(e.train.x, e.train.y) for e in stream.experiences],
                               [(e.test.x, e.test.y) for e in stream.experiences], task_labels=[0] * len(stream))
     torch.manual_seed(0)
-    model = mlp()
+    model = mlp(width)
     strategy = AvalancheNaive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=lr),
                               train_mb_size=stream.batch_size, train_epochs=epochs, eval_mb_size=1000,
                               evaluator=EvaluationPlugin(loggers=[]), device="cpu")
@@ -139,19 +166,21 @@ def timed_rounds(contestants: dict[str, Callable[[], Any]], repeats: int) -> dic
 
 def bench_core(quick: bool, repeats: int) -> None:
     n_train = 2000 if quick else 10000
-    stream = PermutedTensors(n_experiences=3, n_train=n_train, n_test=1000, batch_size=64)
-    stream.setup()
     epochs, lr = 1 if quick else 2, 0.05
-    print(f"core: permuted stream, 3 experiences x {n_train} samples of 784-d, MLP 784-256-256-10, batch 64, "
-          f"{epochs} epoch(s) per experience, SGD lr {lr}; median of {repeats} interleaved rounds")
-    run_clkit(stream, 1, lr)  # warm-up (imports, first-call costs) for all three
-    run_avalanche(stream, 1, lr)
-    med = timed_rounds({"hand-written": lambda: run_hand(stream, epochs, lr),
-                        "clkit": lambda: run_clkit(stream, epochs, lr),
-                        "avalanche": lambda: run_avalanche(stream, epochs, lr)}, repeats)
-    base = med["hand-written"]
-    for name, sec in med.items():
-        print(f"  {name:<13} {sec:7.2f} s   {sec / base:5.2f}x hand-written")
+    run_clkit(PermutedTensors(n_experiences=1, n_train=640, n_test=100, batch_size=64), 1, lr)  # warm-up imports
+    for width, batch in ((256, 64), (1024, 128)):
+        stream = PermutedTensors(n_experiences=3, n_train=n_train, n_test=1000, batch_size=batch)
+        stream.setup()
+        print(f"core: permuted stream, 3 experiences x {n_train} samples of 784-d, MLP 784-{width}-{width}-10, "
+              f"batch {batch}, {epochs} epoch(s) per experience, SGD lr {lr}; median of {repeats} interleaved rounds")
+        med = timed_rounds({"hand-written": lambda: run_hand(stream, epochs, lr, width),
+                            "bare-lightning": lambda: run_bare_lightning(stream, epochs, lr, width),
+                            "clkit": lambda: run_clkit(stream, epochs, lr, width),
+                            "avalanche": lambda: run_avalanche(stream, epochs, lr, width)}, repeats)
+        base = med["hand-written"]
+        for name, sec in med.items():
+            print(f"  {name:<15} {sec:7.2f} s   {sec / base:5.2f}x hand-written")
+        print("  (bare-lightning: a minimal LightningModule, training only: Lightning's own per-step cost)")
 
 
 def main() -> None:
