@@ -144,18 +144,26 @@ def run_fit(args: list[str]) -> Path:
     try:
         run.run(resume=bool(resume))
     except ClkitError as err:
-        if not run.completed:
+        if not run.completed or not _is_rank_zero():
             raise
         write_json(run_dir / "results.partial.json", partial_results(run, seed=seed, config=config, error=str(err)))
         raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
                          f"continue with --resume {run_dir})") from None
     results = build_results(run, seed=seed, config=config)
+    if not _is_rank_zero():  # under DDP every rank holds the same results; one writes them
+        return run_dir
     write_run_outputs(run_dir, results)
     (run_dir / "results.partial.json").unlink(missing_ok=True)
     m = results["metrics"]
     print(f"clkit: {results['strategy']} on {results['scenario']}: acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"fwt {m['fwt']:+.4f}  forgetting {m['forgetting']:.4f}  ({results['wall_seconds']:.1f} s) -> {run_dir}")
     return run_dir
+
+
+def _is_rank_zero() -> bool:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
 
 
 def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
@@ -173,6 +181,8 @@ def _resolved_config(cli: Any) -> dict[str, Any]:
 
 def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
     """Save the config beside the run; a resumed run must use the same one."""
+    from clkit.results import write_text_atomic
+
     path = run_dir / "config.yaml"
     if resuming:
         if not run_dir.is_dir():
@@ -186,7 +196,8 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
                 print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
         return
     run_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    if _is_rank_zero():
+        write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:

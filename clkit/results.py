@@ -16,7 +16,7 @@ from clkit.errors import DataError
 from clkit.loop import StreamRun
 from clkit.metrics import stream_metrics
 
-__all__ = ["RESULT_KEYS", "build_results", "write_json", "read_results", "plot_matrix", "write_run_outputs"]
+__all__ = ["RESULT_KEYS", "build_results", "write_json", "write_text_atomic", "read_results", "plot_matrix", "write_run_outputs"]
 
 RESULT_KEYS = ("clkit_version", "strategy", "scenario", "setting", "seed", "n_experiences", "accuracy_matrix",
                "random_init_accuracy", "metrics", "per_experience", "strategy_state_bytes", "wall_seconds", "config")
@@ -60,12 +60,17 @@ def partial_results(run: StreamRun, *, seed: Optional[int], config: dict[str, An
             "per_experience": run.per_experience, "error": error, "config": config}
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically (a reader never sees a half-written file)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (a reader never sees a half-written file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def read_results(path: Path) -> dict[str, Any]:
