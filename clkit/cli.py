@@ -64,6 +64,24 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise SystemExit(2) from None
 
 
+def parse_subcommand(parser: Any, args: list[str], command: str) -> Any:
+    """Parse ``args`` with an argparse ``parser`` (built with ``exit_on_error=False``); ``None`` after ``--help``.
+
+    Raises:
+        ConfigError: One line naming the problem, instead of argparse's usage text and exit.
+    """
+    import argparse
+
+    if any(a in ("-h", "--help") for a in args):
+        parser.print_help()
+        return None
+    try:
+        return parser.parse_args(args)
+    except (argparse.ArgumentError, SystemExit) as err:
+        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
+        raise ConfigError(f"clkit {command}: {detail} (see clkit {command} --help)") from None
+
+
 def _default_config() -> str:
     return str(resources.files("clkit") / "default.yaml")
 

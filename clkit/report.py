@@ -163,15 +163,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(args: list[str]) -> None:
-    parser = _parser()
-    if any(a in ("-h", "--help") for a in args):
-        parser.print_help()
+    from clkit.cli import parse_subcommand
+
+    ns = parse_subcommand(_parser(), args, "report")
+    if ns is None:
         return
-    try:
-        ns = parser.parse_args(args)
-    except (argparse.ArgumentError, SystemExit) as err:
-        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
-        raise ConfigError(f"clkit report: {detail} (see clkit report --help)") from None
     paths = [Path(p) for p in ns.paths]
     sweeps = [is_sweep_dir(p) for p in paths]
     if not any(sweeps):

@@ -6,17 +6,19 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor
 
 import clkit
+from clkit._io import write_json_atomic as write_json
+from clkit._io import write_text_atomic
 from clkit.errors import DataError
 from clkit.loop import StreamRun
 from clkit.metrics import stream_metrics
 
-__all__ = ["RESULT_KEYS", "build_results", "write_json", "write_text_atomic", "read_results", "plot_matrix", "write_run_outputs"]
+__all__ = ["RESULT_KEYS", "build_results", "plot_matrix", "read_results", "write_json", "write_run_outputs", "write_text_atomic"]
 
 RESULT_KEYS = ("clkit_version", "strategy", "scenario", "setting", "seed", "n_experiences", "accuracy_matrix",
                "random_init_accuracy", "metrics", "per_experience", "strategy_state_bytes", "wall_seconds", "config")
@@ -26,7 +28,7 @@ def _floats(t: Tensor) -> Any:
     return [[round(float(v), 6) for v in row] for row in t] if t.ndim == 2 else [round(float(v), 6) for v in t]
 
 
-def build_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any]) -> dict[str, Any]:
+def build_results(run: StreamRun, *, seed: int | None, config: dict[str, Any]) -> dict[str, Any]:
     """The ``results.json`` content of a finished run; metrics are recomputed from the stored matrix."""
     acc, init = run.accuracy_matrix, run.random_init_accuracy
     out: dict[str, Any] = {
@@ -51,26 +53,13 @@ def build_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any]
     return out
 
 
-def partial_results(run: StreamRun, *, seed: Optional[int], config: dict[str, Any], error: str) -> dict[str, Any]:
+def partial_results(run: StreamRun, *, seed: int | None, config: dict[str, Any], error: str) -> dict[str, Any]:
     """What a run that stopped early has: the completed rows of the matrix and the error."""
     done = run.completed
     rows = _floats(run.accuracy_matrix[:done]) if run.strategy.accuracy is not None else []
     return {"clkit_version": clkit.__version__, "strategy": run.strategy.label, "scenario": run.stream.name,
             "seed": seed, "completed_experiences": done, "accuracy_matrix_rows": rows,
             "per_experience": run.per_experience, "error": error, "config": config}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (a reader never sees a half-written file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def read_results(path: Path) -> dict[str, Any]:

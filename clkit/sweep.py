@@ -124,15 +124,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(args: list[str]) -> None:
     """``clkit sweep``; raises :class:`ClkitError` (one line, exit code 2) for a bad sweep or failed runs."""
-    parser = _parser()
-    if any(a in ("-h", "--help") for a in args):
-        parser.print_help()
+    from clkit.cli import parse_subcommand
+
+    ns = parse_subcommand(_parser(), args, "sweep")
+    if ns is None:
         return
-    try:
-        ns = parser.parse_args(args)
-    except (argparse.ArgumentError, SystemExit) as err:
-        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
-        raise ConfigError(f"clkit sweep: {detail} (see clkit sweep --help)") from None
     shard = parse_shard(ns.shard)
     spec = load_sweep(Path(ns.sweep_file), ns.sweep_dir)
     try:

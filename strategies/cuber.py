@@ -6,7 +6,6 @@ import logging
 from typing import Any, Literal, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from clkit.data import Experience
@@ -146,14 +145,8 @@ class CUBER(TRGP):
         """TRGP's update, then the stored gradient ``G_j`` of the finished task (spec §6.2)."""
         super().update_memory(experience, rows, reps)
         self._release = []
-        x, y, t = experience.train[rows]
         weights = [ref.weight for ref in self.projected_layers()]
-        was_training = self.training
-        self.eval()
-        with torch.enable_grad():
-            loss = F.cross_entropy(self(x.to(self.device), t.to(self.device)), y.to(self.device))
-            grads = torch.autograd.grad(loss, weights, allow_unused=True)
-        self.train(was_training)
+        grads = self.weight_gradients(*experience.train[rows])
         self.task_grads.append([torch.zeros_like(w) if g is None else g.detach().float().cpu().clone()
                                 for w, g in zip(weights, grads)])
 

@@ -161,7 +161,10 @@ class TRGP(GPM):
         """Weight gradients of the new task's loss (current model, eval mode) on ``trust_samples`` samples."""
         hp = self.hparams
         rows = sample_rows(len(experience.train), hp.trust_samples, hp.seed * 1_000_003 + 500_009 + experience.index)
-        x, y, t = experience.train[rows]
+        return self.weight_gradients(*experience.train[rows])
+
+    def weight_gradients(self, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor | None]:
+        """Gradients of the cross-entropy on ``(x, y, t)`` w.r.t. every projected weight, in eval mode."""
         weights = [ref.weight for ref in self.projected_layers()]
         was_training = self.training
         self.eval()
