@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -149,6 +150,12 @@ def run_fit(args: list[str]) -> Path:
     from clkit.loop import StreamRun
     from clkit.results import build_results, partial_results, write_json, write_run_outputs
 
+    import logging
+
+    # A Trainer per experience would repeat Lightning's start-up notes (devices, tips, "fit stopped") T times.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # losses are per epoch
     cli = _build_cli(args)
     cfg = cli.config
     model, data = cli.model, cli.datamodule
@@ -221,7 +228,10 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
 def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
     """A Trainer per experience from the ``trainer`` section, with fresh copies of the configured callbacks."""
     import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ProgressBar
     from pytorch_lightning.loggers import CSVLogger, Logger
+
+    from clkit.progress import StreamProgressBar
 
     section = cli.config_init.get("trainer")
     kwargs = {k: section[k] for k in section.keys() if "." not in k}
@@ -234,7 +244,11 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
     kwargs.pop("default_root_dir", None)
 
     def make_trainer(index: int, **overrides: Any) -> pl.Trainer:
-        return pl.Trainer(**{**kwargs, "callbacks": copy.deepcopy(pristine), "logger": logger or False,
+        callbacks = copy.deepcopy(pristine)
+        if kwargs.get("enable_progress_bar", True) is not False and not any(
+                isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StreamProgressBar())
+        return pl.Trainer(**{**kwargs, "callbacks": callbacks, "logger": logger or False,
                              "default_root_dir": str(run_dir), **overrides})
 
     return make_trainer, (logger[0] if isinstance(logger, list) else logger)
