@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "BatchIndexSampler", "make_loader", "split_train_val", "ContinualDataModule"]
+__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "BatchIndexSampler", "EvalBatches", "make_loader", "split_train_val", "ContinualDataModule"]
 
 Setting = Literal["task-il", "domain-il", "class-il"]
 SETTINGS: tuple[str, ...] = ("task-il", "domain-il", "class-il")
@@ -124,6 +124,25 @@ def make_loader(data: Dataset, batch_size: int, *, shuffle: bool, seed: int = 0)
     return DataLoader(data, sampler=sampler, batch_size=None)
 
 
+class EvalBatches:
+    """Evaluation batches as a plain iterable (not a DataLoader), so Lightning does not shard it across DDP ranks.
+
+    A distributed sampler pads the batches to a multiple of the world size and so counts some samples twice;
+    instead every rank iterates over all of the data, so the summed counts are ``world_size`` times the exact ones
+    and every ratio is exact.
+    """
+
+    def __init__(self, data: TensorData, batch_size: int, seed: int = 0) -> None:
+        self._data = data  # (no ``sampler``/``dataset`` attributes: Lightning would treat it as a DataLoader)
+        self._order = BatchIndexSampler(len(data), batch_size, shuffle=True, seed=seed)
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def __iter__(self) -> Iterator[Batch]:
+        return (self._data[idx] for idx in self._order)
+
+
 def split_train_val(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData, Optional[TensorData]]:
     """Split at random (seeded) into train and validation parts; ``val_fraction == 0`` gives no validation part.
 
@@ -210,16 +229,16 @@ class ContinualDataModule(pl.LightningDataModule):
     def train_loader(self, data: TensorData, experience_index: int) -> DataLoader:
         return make_loader(data, self.batch_size, shuffle=True, seed=self.seed * 100_003 + experience_index)
 
-    def eval_loader(self, data: TensorData, seed: int = 0) -> DataLoader:
-        """Validation/test batches in a seeded shuffled order.
+    def eval_loader(self, data: TensorData, seed: int = 0) -> EvalBatches:
+        """Validation/test batches in a seeded shuffled order; under DDP every rank sees all of them.
 
         Accuracy does not depend on the order, except for networks that normalise with the test batch's own
         statistics (BatchNorm without running statistics, as in the GPM protocols): there, class-sorted batches
         would distort it, so batches are mixed, reproducibly.
         """
-        return make_loader(data, self.eval_batch_size, shuffle=True, seed=seed)
+        return EvalBatches(data, self.eval_batch_size, seed=seed)
 
-    def test_dataloader(self, seed: int = 0) -> list[DataLoader]:
+    def test_dataloader(self, seed: int = 0) -> list[EvalBatches]:  # type: ignore[override]
         return [self.eval_loader(e.test, seed=seed) for e in self.experiences]
 
     # -- helpers for subclasses -----------------------------------------------------------------------------------

@@ -187,7 +187,7 @@ class ContinualModule(pl.LightningModule):
         self.log("val/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
 
     def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y, t = batch
+        x, y, t = batch  # under DDP every rank sees all test data (EvalBatches): counts are world_size × exact
         preds = self.predict(x, t)
         if self.eval_row < 0:
             assert self.init_accuracy is not None
