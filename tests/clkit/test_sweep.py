@@ -218,7 +218,8 @@ def _running(pid: int) -> bool:
 @pytest.mark.slow  # spawns 2 worker processes (~10 s of imports each) and kills the sweep mid-run
 def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     b = base(n_exp=4)
-    b["data"]["init_args"]["samples_per_class"] = 256
+    b["data"]["init_args"]["samples_per_class"] = 1024
+    b["trainer"]["max_epochs"] = 25  # experiences of ~1 s: a worker notices the killed sweep (0.25 s poll) mid-run
     path = sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0, 1]}, base=b)
     spec = load_sweep(path)
     runs = plan(spec)[0]
