@@ -229,7 +229,10 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
     deadline = time.monotonic() + 150
     while time.monotonic() < deadline and proc.poll() is None:
         done = [d for d in dirs if (d / "results.json").exists()]
-        cut = [d for d in dirs if (d / "checkpoints" / "exp0.pt").exists() and not (d / "results.json").exists()]
+        # a run past its first experience with at least two still to go (a run that is merely "unfinished" when
+        # the first one ends is usually its twin, about to end too: both workers started together)
+        ckpt = [d / "checkpoints" for d in dirs]
+        cut = [c.parent for c in ckpt if (c / "exp0.pt").exists() and not (c / "exp2.pt").exists()]
         if done and cut:
             break
         time.sleep(0.02)
