@@ -12,7 +12,7 @@ from torch import Tensor
 
 __all__ = [
     "AccuracyMatrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "learning_accuracy",
-    "stream_metrics",
+    "max_forgetting", "stream_metrics",
 ]
 
 
@@ -120,6 +120,24 @@ def forgetting(acc: Tensor) -> Tensor:
         return acc.new_zeros(())
     best = acc[: t - 1, : t - 1].max(dim=0).values  # (T-1,) best over rows l <= T-2
     return (best - acc[-1, : t - 1]).mean()
+
+
+def max_forgetting(acc: Tensor) -> Tensor:
+    r"""Forgetting as the supermask papers' code prints it: final minus best accuracy since learning (<= 0 forgets).
+
+    .. math:: F = \frac{1}{T-1} \sum_{j=0}^{T-2} \left(R_{T-1,j} - \max_{j \le i \le T-2} R_{i,j}\right)
+
+    Unlike :func:`forgetting`, only rows from experience ``j`` on count (a task's accuracy before it is learned is
+    not a level it can forget) and the sign is reversed. Spec ``supermasks.md`` §11; it is exactly 0 whenever old
+    tasks' accuracies never change, as SupSup/ExSSNeT guarantee in task-IL. Returns 0 when T == 1.
+    """
+    t = _check(acc)
+    if t == 1:
+        return acc.new_zeros(())
+    rows = torch.arange(t - 1).unsqueeze(1)  # (T-1, 1)
+    seen = rows >= torch.arange(t - 1).unsqueeze(0)  # (T-1, T-1): row i counts for column j iff i >= j
+    best = acc[: t - 1, : t - 1].masked_fill(~seen.to(acc.device), float("-inf")).max(dim=0).values  # (T-1,)
+    return (acc[-1, : t - 1] - best).mean()
 
 
 def stream_metrics(acc: Tensor, random_init: Tensor) -> dict[str, float]:

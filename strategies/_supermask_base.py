@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from clkit.data import ContinualDataModule, Experience
 from clkit.errors import ConfigError
 from clkit.module import ContinualModule
+from clkit.metrics import max_forgetting
 from clkit.nets import Backbone, tensor_bytes
 from strategies._masked_layers import BnInfer, KeepScores, MaskedLayer, TaskBatchNorm
 from strategies._masked_model import add_task, freeze_task, layout, mask_state_bytes, restore_layout, superposed
@@ -38,7 +39,8 @@ class SupermaskModule(ContinualModule):
         er_scale: Erdős–Rényi scale ``s``.
         seed: Seed of the signed-constant weights and of every task's initial scores.
         task_inference: ``"none"`` (task ids from the batch), ``"oneshot"`` or ``"binary"`` (inferred at test).
-        bn_infer: BatchNorm statistics during the superposed inference pass.
+        bn_infer: BatchNorm statistics during the superposed inference pass (``"batch"``: the batch's own, so a
+            one-example batch falls back to ``"mixture"``: the α-weighted per-task statistics).
         faithful: Reproduce the official code where spec §13 marks a row F.
     """
 
@@ -137,9 +139,11 @@ class SupermaskModule(ContinualModule):
         width = max(self.classes_per_task[t] for t in tasks)
         with torch.inference_mode(False), torch.enable_grad():
             xs = x[:1].clone() if self.hparams.faithful else x.clone()  # official: first example only
+            # batch statistics need two examples: a one-example batch (a test set's last) uses the stored ones
+            bn_infer = self.hparams.bn_infer if len(xs) >= 2 else "mixture"
 
             def forward(alpha: Tensor, cand: Sequence[int]) -> Tensor:
-                with superposed(self, list(cand), alpha.to(xs.device), self.hparams.bn_infer):
+                with superposed(self, list(cand), alpha.to(xs.device), bn_infer):
                     return self.heads[0](self.features(xs))[:, :width]
 
             infer = infer_task_binary if self.hparams.task_inference == "binary" else infer_task_oneshot
@@ -216,6 +220,9 @@ class SupermaskModule(ContinualModule):
 
     def extra_results(self) -> dict[str, Any]:
         out: dict[str, Any] = {"mask_bytes_per_task": self.mask_bytes_per_task()}
+        if self.accuracy is not None and self.num_tasks > 0:  # spec §11: exactly 0 in task-IL
+            matrix = self.accuracy.compute().float().reshape(self.num_tasks, self.num_tasks)
+            out["max_forgetting"] = round(float(max_forgetting(matrix)), 6)
         if len(self.learned) <= 50:  # O(T^2) packed ANDs
             out["mask_overlap"] = self.mask_overlap()
         if self.hparams.task_inference != "none":

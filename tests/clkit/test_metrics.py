@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from clkit.metrics import (AccuracyMatrix, average_accuracy, backward_transfer, forgetting, forward_transfer,
-                           learning_accuracy, stream_metrics)
+                           learning_accuracy, max_forgetting, stream_metrics)
 
 R = torch.tensor([[0.90, 0.20, 0.10],
                   [0.70, 0.80, 0.30],
@@ -30,6 +30,14 @@ def test_forgetting_differs_from_minus_bwt_when_accuracy_peaks_later() -> None:
     three = torch.tensor([[0.5, 0.0, 0.0], [0.9, 0.8, 0.0], [0.7, 0.8, 0.6]])
     assert forgetting(three).item() == pytest.approx(((0.9 - 0.7) + (0.8 - 0.8)) / 2)
     assert backward_transfer(three).item() == pytest.approx(((0.7 - 0.5) + (0.8 - 0.8)) / 2)
+
+
+def test_max_forgetting_ignores_rows_before_a_task_is_learned() -> None:
+    preview = torch.tensor([[0.9, 0.7, 0.0], [0.9, 0.6, 0.0], [0.9, 0.6, 0.5]])  # R[0, 1] = 0.7 before task 1 learned
+    assert max_forgetting(preview).item() == pytest.approx(0.0)  # unchanged since learned: no forgetting
+    assert forgetting(preview).item() == pytest.approx((0.0 + 0.1) / 2)  # Chaudhry's formula counts the preview row
+    assert max_forgetting(R).item() == pytest.approx(((0.60 - 0.90) + (0.75 - 0.80)) / 2)
+    assert max_forgetting(torch.tensor([[0.4]])).item() == 0.0
 
 
 def test_single_experience_and_bad_shapes() -> None:

@@ -60,6 +60,7 @@ def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
         for i in range(j, 3):
             assert acc[i, j] == acc[j, j], (i, j)  # exactly: masks, weights and BN of task j never change
     assert acc.diagonal().mean() > 0.8  # the masks did learn the tasks
+    assert strategy.extra_results()["max_forgetting"] == 0.0  # spec §11: exactly zero
 
     reference = SupSup(lr=0.05, density=0.3)
     reference.bind(stream)
@@ -93,6 +94,20 @@ def test_task_inference_finds_the_task(mode: str, bn_infer: str) -> None:
     assert acc[-1].mean() > 0.8  # classification with the inferred masks
     assert strategy.inferred and all(task in learned for task, learned in strategy.inferred)  # never unlearned slots
     assert any(len(learned) == 1 for _, learned in strategy.inferred)  # row 0 had a single candidate
+
+
+def test_task_inference_on_a_one_example_batch() -> None:
+    """``bn_infer="batch"`` cannot normalise one example: such a batch (a test set's last) uses the stored statistics."""
+    stream = _stream()
+    strategy = _Spy(lr=0.05, density=0.3, task_inference="oneshot", bn_infer="batch")
+    StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    strategy.eval()
+    hits = 0
+    for exp in stream.experiences:
+        x, _, t = exp.test[torch.arange(4)]
+        for row in range(4):
+            hits += int(strategy.infer_task(x[row: row + 1]) == int(t[row]))
+    assert hits >= 8  # one example carries far less evidence than a batch, but well above chance (4 of 12)
 
 
 def test_erdos_renyi_density_per_layer() -> None:
