@@ -32,7 +32,7 @@ class ContinualModule(pl.LightningModule):
                 setup("fit")        -> on_experience_start(exp)   # before configure_optimizers
                 configure_optimizers()
                 per step: training_step -> backward -> on_before_optimizer_step -> transform_gradients -> step
-                on_fit_end()        -> on_experience_end(exp)     # the model is on its device
+                on_fit_end()        -> on_experience_end(exp)     # both hooks: model on the training device
             trainer.test(every test experience)     # fills row i of the accuracy matrix
             save a checkpoint of the whole CL state
 
@@ -218,11 +218,18 @@ class ContinualModule(pl.LightningModule):
     # -- CL hooks -------------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.current_experience is not None:
-            self.on_experience_start(self.current_experience)
+            self._to_training_device()  # Lightning moves the model only after setup: CL state built here must not
+            self.on_experience_start(self.current_experience)  # land on the CPU when training runs on a GPU
 
     def on_fit_end(self) -> None:
         if self.current_experience is not None:
+            self._to_training_device()  # the Trainer's teardown has just moved the model to the CPU
             self.on_experience_end(self.current_experience)
+
+    def _to_training_device(self) -> None:
+        device = self.trainer.strategy.root_device
+        if self.device != device:
+            self.to(device)
 
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         self.transform_gradients()  # unscaled, accumulated, not yet clipped

@@ -32,7 +32,8 @@ class BestState:
         out: list[Tensor] = []
         for m in module.modules():
             if isinstance(m, MaskedLayer):
-                out += [m.scores[str(task)].data, m.weight.data]
+                # detach() shares the version counter, so a restore invalidates the cached mask (.data would not)
+                out += [m.scores[str(task)].detach(), m.weight.detach()]
             elif isinstance(m, TaskBatchNorm):
                 out += [b for b in m.bns[task].buffers() if b is not None]
         return out
@@ -60,13 +61,19 @@ class BestState:
                 live.copy_(saved)
 
 
+def _train_batch_size(module: ExSSNeT) -> int:
+    """The run's training batch size (the official subset is counted in its batches); 64 outside a Trainer."""
+    datamodule = getattr(module._trainer, "datamodule", None) if module._trainer is not None else None
+    return int(getattr(datamodule, "batch_size", 64) or 64)
+
+
 def _features(module: ExSSNeT, task: int, data: TensorData, rows: Optional[Tensor], batches: int = 0) -> Tensor:
     """Penultimate features of ``data`` (or its ``rows``) under ``task``'s masks and BN, eval mode, no grad."""
     module.set_task(task)
     if rows is not None:
         loader = make_loader(data.subset(rows), 256, shuffle=False)
     else:  # official subset: the first batches of a shuffled loader, a new one per source task
-        loader = make_loader(data, 64, shuffle=True, seed=module.mask_cfg[3] * 31 + task)
+        loader = make_loader(data, _train_batch_size(module), shuffle=True, seed=module.mask_cfg[3] * 31 + task)
     feats, labels = [], []
     for i, (x, y, _) in enumerate(loader):
         if rows is None and i >= batches:
@@ -87,7 +94,7 @@ def kkt_initial_scores(module: ExSSNeT, experience: Experience) -> tuple[Optiona
     faithful = bool(hp.faithful)
     rows = None if faithful else subset_indices(len(data), hp.data_fraction,
                                                 torch.Generator().manual_seed(module.mask_cfg[3] * 7_919 + task))
-    batches = math.ceil(hp.data_fraction * math.ceil(len(data) / 64)) + 1
+    batches = math.ceil(hp.data_fraction * math.ceil(len(data) / _train_batch_size(module))) + 1
     was_training = module.training
     module.eval()
     accs = []

@@ -94,3 +94,15 @@ def test_conformance(cls: type[ContinualModule], tmp_path: Path) -> None:
     assert restored.strategy_state_bytes() == strategy.strategy_state_bytes()
     for a, b in zip(_logits(strategy, stream), _logits(restored, stream)):
         assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cls", STRATEGIES, ids=lambda c: c.__name__)
+def test_runs_on_a_gpu_like_on_the_cpu(cls: type[ContinualModule]) -> None:
+    """CL state built in the hooks lives on the training device (run with ``-m gpu`` on a CUDA machine)."""
+    if not torch.cuda.is_available():
+        pytest.fail("-m gpu needs a CUDA device")
+    stream = toy_stream_for(_setting(cls))
+    cpu = StreamRun(_make(cls), stream, trainer_factory(max_epochs=2)).run()
+    gpu = StreamRun(_make(cls), stream, trainer_factory(max_epochs=2, accelerator="gpu")).run()
+    assert (gpu - cpu).abs().max() < 0.1  # same method, same data: only float rounding differs
