@@ -1,0 +1,54 @@
+"""Every strategy config under configs/ builds its strategy and scenario; the paper protocols carry the spec's values.
+
+Building reads no data (scenarios load files when the stream is first used), so the protocol configs are checked
+here without CIFAR, 5-Datasets or miniImageNet on disk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clkit.cli import _build_cli
+from clkit.nets import ReducedResNet18
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+RESNET_SAMPLES = [10] * 9 + [50] * 4 + [100] * 7  # gradient_projection.md §3: 17 main convs + 3 shortcuts in order
+
+# gradient_projection.md §4.4 and §7: (data class, threshold, lr, lr_factor, lr_patience, lr_min, epochs, seed, passes)
+PROJECTION: dict[str, tuple[Any, ...]] = {
+    "pmnist": ("PermutedMNIST", [0.95, 0.99, 0.99], 0.01, None, None, None, 5, 2, 1),
+    "cifar100": ("SplitCIFAR100", 0.97, 0.01, 2.0, 6, 1e-5, 200, 1, 10),
+    "5datasets": ("FiveDatasets", 0.965, 0.1, 3.0, 5, 1e-3, 100, 37, 5),
+    "miniimagenet": ("SplitMiniImageNet", 0.985, 0.1, 3.0, 5, 1e-3, 200, 37, 5),
+}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_builds_its_strategy_and_scenario(path: Path) -> None:
+    cli = _build_cli(["--config", str(path)])
+    assert cli.model.__class__.__name__.lower() == path.stem.split("_")[0].replace("quickstart", "naive")
+    assert cli.datamodule is not None and cli.trainer.max_epochs >= 1
+
+
+@pytest.mark.parametrize("method", ["gpm", "trgp", "cuber"])
+@pytest.mark.parametrize("bench", sorted(PROJECTION))
+def test_projection_protocol_configs_follow_the_spec(method: str, bench: str) -> None:
+    data, threshold, lr, factor, patience, lr_min, epochs, seed, passes = PROJECTION[bench]
+    cli = _build_cli(["--config", str(CONFIGS[0].parent / f"{method}_{bench}.yaml")])
+    hp, dm = cli.model.hparams, cli.datamodule
+    assert type(dm).__name__ == data and dm.batch_size == (10 if bench == "pmnist" else 64)
+    assert hp.threshold == threshold and hp.lr == lr and hp.test_passes == passes and hp.seed == seed
+    assert cli.trainer.max_epochs == epochs and hp.momentum == 0.0 and hp.optimizer == "sgd"
+    if factor is not None:
+        assert (hp.lr_factor, hp.lr_patience, hp.lr_min) == (factor, patience, lr_min)
+    if method != "gpm":
+        assert hp.eps_proj == (0.2 if bench == "pmnist" else 0.5) and hp.top_k == 2
+        assert hp.trust_samples == {"pmnist": 300, "cifar100": 125}.get(bench, 500)
+    if bench in ("5datasets", "miniimagenet"):
+        backbone = cli.model.backbone
+        assert isinstance(backbone, ReducedResNet18) and backbone.nf == 20
+        assert backbone.first_stride == (2 if bench == "miniimagenet" else 1)  # 1440-d vs 640-d features
+        assert hp.layer_samples == RESNET_SAMPLES
