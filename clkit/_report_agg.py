@@ -152,6 +152,17 @@ def _class_name(run: SweepRun, key: Literal["strategy", "scenario"]) -> str:
     return run.names.get(key, "?")
 
 
+def _strategy_label(run: SweepRun) -> str:
+    """The grid's label for the run's strategy, its class name replaced by the strategy's own label where that
+    starts with it (``CUBER`` -> ``CUBER (clkit reconstruction)``, which every table must show)."""
+    label = run.labels.get("model")
+    if not label:
+        return _class_name(run, "strategy")
+    own = str(run.results["strategy"]) if run.results is not None else ""
+    name = label.split("(", 1)[0]
+    return own + label[len(name):] if own.startswith(name) and own != name else label
+
+
 def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[list[str], list[Group]]:
     """Group runs by strategy, scenario and every grid key not in ``over``; groups in plan order.
 
@@ -167,7 +178,7 @@ def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[
     columns = ["strategy", "scenario", *swept]
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
-        labels = {"strategy": run.labels.get("model") or _class_name(run, "strategy"),
+        labels = {"strategy": _strategy_label(run),
                   "scenario": run.labels.get("data") or _class_name(run, "scenario"),
                   **{k: run.labels.get(k, "-") for k in swept}}
         groups.setdefault(tuple(labels.values()), Group(labels)).runs.append(run)

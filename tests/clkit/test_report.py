@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clkit._report_agg import Group, SweepRun
+from clkit._report_agg import Group, SweepRun, group_runs
 from clkit.errors import DataError
 from clkit.plots import mean_matrix
 from clkit.report import main, sweep_report
@@ -137,3 +137,16 @@ def test_report_command_keeps_single_run_tables(tmp_path: Path, capsys: pytest.C
         main([str(sweep), str(tmp_path / "r1")])
     main([str(sweep), "--no_plots"])
     assert "# Sweep report" in capsys.readouterr().out and not (sweep / "report_bars.png").exists()
+
+
+def test_a_strategy_keeps_its_own_label_in_sweep_tables(tmp_path: Path) -> None:
+    """The grid labels a run by class name; a strategy's label (CUBER's "reconstruction" tag) must still show."""
+    def run(model: str, strategy: str) -> SweepRun:
+        res = {"strategy": strategy, "scenario": "ToySplit"}
+        return SweepRun(run_id=model, run_dir=tmp_path, labels={"model": model}, state="done", results=res)
+
+    runs = [run("CUBER", "CUBER (clkit reconstruction)"), run("CUBER(eps_corr=0.1)", "CUBER (clkit reconstruction)"),
+            run("GPM", "GPM")]
+    _, groups = group_runs(["model"], runs, [])
+    assert [g.labels["strategy"] for g in groups] == [
+        "CUBER (clkit reconstruction)", "CUBER (clkit reconstruction)(eps_corr=0.1)", "GPM"]
