@@ -12,7 +12,7 @@ from torch.func import functional_call
 
 from clkit.data import Experience
 from clkit.errors import ConfigError
-from clkit.nets import Backbone, tensor_bytes
+from clkit.nets import AlexNetGPM, Backbone, tensor_bytes
 from strategies._projected_net import LayerRef, sample_rows
 from strategies._trust_region import basis_overlap, projection_norms, scaled_weight, select_task_basis, trust_region
 from strategies.gpm import GPM
@@ -41,8 +41,10 @@ class TRGP(GPM):
         eps_proj: Trust-region threshold ``eps_1`` on ``||g B B^T|| / ||g||`` (0.5; 0.2 on permuted MNIST).
         top_k: Candidate old tasks per layer.
         trust_samples: Training samples of the new task used for the selection gradient.
-        faithful: As GPM, plus the official TRGP rules where cheap: the strongest residual direction is left out of
-            the memory (spec §9 row 3) and BN affine parameters keep training (row 4).
+        faithful: As GPM, plus the official TRGP rules: the strongest residual direction is left out of the memory
+            (spec §9 row 3), BN affine parameters keep training with the AlexNet backbone (row 4), and with the
+            other backbones the third experience's trust region is old task 1 in every layer (row 5; the official
+            top-2 order is arbitrary, which does not change the scaled projection).
         threshold, threshold_step, rep_samples, layer_samples, lr_patience, lr_factor, lr_min, seed, backbone, lr,
             optimizer, momentum, weight_decay: As :class:`strategies.GPM`.
     """
@@ -74,7 +76,7 @@ class TRGP(GPM):
 
     @property
     def freezes_bn(self) -> bool:
-        return not self.hparams.faithful
+        return not (self.hparams.faithful and isinstance(self.backbone, AlexNetGPM))  # row 4: the AlexNet script only
 
     def bind(self, stream: Any) -> None:
         super().bind(stream)
@@ -177,9 +179,15 @@ class TRGP(GPM):
     def select_regimes(self, grads: list[Tensor | None]) -> list[list[int]]:
         """Per layer, the trust-region tasks ``S_t^l`` (spec §5.2)."""
         out: list[list[int]] = []
+        exp = self.current_experience
+        hard_coded = self.hparams.faithful and exp is not None and exp.index == 2 and not isinstance(
+            self.backbone, AlexNetGPM)  # row 5: the official MLP/ResNet scripts fix task 3's trust region to [1]
         for l, (ref, g) in enumerate(zip(self.projected_layers(), grads)):
             if g is None or not self.scalable(ref):
                 out.append([])
+                continue
+            if hard_coded:
+                out.append([1] if self.task_basis(l, 1).shape[1] > 0 else [])
                 continue
             bases = [self.task_basis(l, j) for j in range(len(self.task_bases))]
             out.append(trust_region(projection_norms(g, bases), float(g.norm()), self.hparams.eps_proj,

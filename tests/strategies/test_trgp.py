@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
-from clkit.nets import MLP
+from clkit.loop import StreamRun, trainer_factory
+from clkit.nets import MLP, AlexNetGPM
+from scenarios.toy import ToySplit
 from strategies._trust_region import scaled_weight
 from strategies.gpm import GPM
 from strategies.trgp import TRGP
@@ -91,4 +93,18 @@ def test_trgp_learns_a_related_task_better_than_gpm() -> None:
 
 
 def test_faithful_switch() -> None:
-    assert TRGP().freezes_bn and not TRGP(faithful=True).freezes_bn
+    assert TRGP().freezes_bn and TRGP(faithful=True).freezes_bn  # row 4 is a bug of the AlexNet script only
+    assert TRGP(backbone=AlexNetGPM()).freezes_bn and not TRGP(faithful=True, backbone=AlexNetGPM()).freezes_bn
+
+
+def test_faithful_fixes_the_third_experience_trust_region_to_task_1() -> None:
+    stream = ToySplit(num_experiences=4, classes_per_experience=2, setting="task-il", seed=0)
+    runs = {}
+    for faithful in (False, True):
+        strategy = _trgp(faithful=faithful, eps_proj=0.0)  # every old task qualifies: top-2 by projection norm
+        StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+        runs[faithful] = strategy.task_selection
+    scalable = [sel for sel in runs[False][2] if sel]
+    assert scalable and all(sorted(sel) == [0, 1] for sel in scalable)  # both old tasks by default
+    assert all(sel in ([1], []) for sel in runs[True][2]) and any(runs[True][2])  # official: old task 1 only
+    assert all(len(sel) == 2 for sel in runs[True][3] if sel)  # other experiences select as usual
