@@ -116,7 +116,7 @@ def execute_run(task: Task) -> Record:
             status.update(status="done")
         except (KeyboardInterrupt, SystemExit):
             raise
-        except BaseException as err:  # noqa: BLE001  (a failed run is recorded, the sweep goes on)
+        except BaseException as err:
             with open(run_dir / "log.txt", "a") as log:
                 log.write(traceback.format_exc())
             status.update(status="failed", error=_error_line(err))

@@ -88,12 +88,12 @@ def _default_config() -> str:
 
 
 def _build_cli(args: list[str]) -> Any:
-    import pytorch_lightning as pl  # noqa: F401  (heavy imports only for fit)
-    from jsonargparse import ArgumentParser  # noqa: F401
+    import pytorch_lightning as pl
+    from jsonargparse import ArgumentParser
     from pytorch_lightning.cli import LightningCLI
 
-    import scenarios  # noqa: F401  (make short class names resolvable)
-    import strategies  # noqa: F401
+    import scenarios
+    import strategies
     from clkit.data import ContinualDataModule
     from clkit.module import ContinualModule
 
@@ -147,10 +147,10 @@ def _names(package: str) -> list[str]:
 
 def run_fit(args: list[str]) -> Path:
     """Parse ``clkit fit`` arguments, run the experiment, write the outputs; returns the run directory."""
+    import logging
+
     from clkit.loop import StreamRun
     from clkit.results import build_results, partial_results, write_json, write_run_outputs
-
-    import logging
 
     # A Trainer per experience would repeat Lightning's start-up notes (devices, tips, "fit stopped") T times.
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["Setting", "SETTINGS", "TensorData", "Experience", "BatchIndexSampler", "EvalBatches", "make_loader", "split_train_val", "ContinualDataModule"]
+__all__ = ["SETTINGS", "BatchIndexSampler", "ContinualDataModule", "EvalBatches", "Experience", "Setting", "TensorData", "make_loader", "split_train_val"]
 
 Setting = Literal["task-il", "domain-il", "class-il"]
 SETTINGS: tuple[str, ...] = ("task-il", "domain-il", "class-il")
@@ -55,12 +55,12 @@ class TensorData(Dataset):
             x = self.transform(x)
         return x, self.y[idx], self.t[idx]
 
-    def subset(self, idx: Tensor) -> "TensorData":
+    def subset(self, idx: Tensor) -> TensorData:
         """The samples at ``idx`` (a new object sharing nothing mutable with this one)."""
         return TensorData(self.x[idx], self.y[idx], self.t[idx], self.transform)
 
     @staticmethod
-    def concat(parts: Sequence["TensorData"]) -> "TensorData":
+    def concat(parts: Sequence[TensorData]) -> TensorData:
         """Concatenate several parts; they must share their ``transform``."""
         if not parts:
             raise DataError("cannot concatenate zero TensorData parts")
@@ -224,7 +224,7 @@ class ContinualDataModule(pl.LightningDataModule):
         return type(self).__name__
 
     def setup(self, stage: Optional[str] = None) -> None:
-        self.experiences  # noqa: B018  (build once, on every rank)
+        self.experiences
 
     def train_loader(self, data: TensorData, experience_index: int) -> DataLoader:
         return make_loader(data, self.batch_size, shuffle=True, seed=self.seed * 100_003 + experience_index)

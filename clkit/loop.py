@@ -27,7 +27,7 @@ from clkit.data import ContinualDataModule
 from clkit.errors import ConfigError
 from clkit.module import ContinualModule
 
-__all__ = ["fit_stream", "StreamRun", "TrainerFactory", "trainer_factory"]
+__all__ = ["StreamRun", "TrainerFactory", "fit_stream", "trainer_factory"]
 
 TrainerFactory = Callable[..., pl.Trainer]  # make_trainer(experience_index, **overrides) -> Trainer
 

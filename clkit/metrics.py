@@ -11,8 +11,14 @@ import torchmetrics
 from torch import Tensor
 
 __all__ = [
-    "AccuracyMatrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting", "learning_accuracy",
-    "max_forgetting", "stream_metrics",
+    "AccuracyMatrix",
+    "average_accuracy",
+    "backward_transfer",
+    "forgetting",
+    "forward_transfer",
+    "learning_accuracy",
+    "max_forgetting",
+    "stream_metrics",
 ]
 
 

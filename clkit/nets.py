@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-__all__ = ["Backbone", "MLP", "SmallCNN", "default_backbone", "count_parameters", "tensor_bytes"]
+__all__ = ["MLP", "Backbone", "SmallCNN", "count_parameters", "default_backbone", "tensor_bytes"]
 
 
 class Backbone(nn.Module):
@@ -27,7 +27,7 @@ class Backbone(nn.Module):
     def built(self) -> bool:
         return self.input_shape is not None
 
-    def build(self, input_shape: Sequence[int]) -> "Backbone":
+    def build(self, input_shape: Sequence[int]) -> Backbone:
         """Create the layers for inputs of shape ``input_shape`` (without the batch dimension); idempotent."""
         shape = tuple(int(s) for s in input_shape)
         if self.input_shape is not None:

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.errors import DataError
 
-__all__ = ["AvalancheScenario", "materialise", "experiences_from_benchmark"]
+__all__ = ["AvalancheScenario", "experiences_from_benchmark", "materialise"]
 
 
 def materialise(dataset: Dataset, task_id: int, batch_size: int = 1024) -> TensorData:

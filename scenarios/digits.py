@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from clkit.errors import ConfigError
 from scenarios.avalanche import AvalancheScenario
 
-__all__ = ["SplitDigits", "PermutedDigits", "load_digits_tensors"]
+__all__ = ["PermutedDigits", "SplitDigits", "load_digits_tensors"]
 
 
 def load_digits_tensors(test_fraction: float, seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:

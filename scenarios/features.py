@@ -194,10 +194,10 @@ class FeatureStream(ContinualDataModule):
     @property  # type: ignore[override]
     def setting(self) -> str:  # type: ignore[override]
         """The file's setting (reading the file if needed)."""
-        self.experiences  # noqa: B018
+        self.experiences
         return self._file_setting
 
     @property  # type: ignore[override]
     def task_ids_at_test(self) -> bool:  # type: ignore[override]
-        self.experiences  # noqa: B018
+        self.experiences
         return self._file_task_ids

@@ -19,7 +19,7 @@ from torch import Tensor
 from clkit.errors import ConfigError
 from scenarios.avalanche import AvalancheScenario
 
-__all__ = ["ToySplit", "ToyPermuted", "ToyShared", "blobs"]
+__all__ = ["ToyPermuted", "ToyShared", "ToySplit", "blobs"]
 
 
 def blobs(num_classes: int, samples_per_class: int, features: int, *, spread: float, generator: torch.Generator

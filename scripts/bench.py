@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # scripts/ may import the repo's bench_* modules
 
-from clkit.data import ContinualDataModule, Experience, TensorData  # noqa: E402
+from clkit.data import ContinualDataModule, Experience, TensorData
 
 SECTIONS = {"core": None, "projection": "bench_projection", "supermask": "bench_supermask", "ibcl": "bench_ibcl"}
 

@@ -56,7 +56,7 @@ def run(argv: list[str]) -> str:
     try:
         cfg = parser.parse_args(argv)
         scenario = parser.instantiate(cfg).data
-    except Exception as err:  # noqa: BLE001  (jsonargparse reports bad arguments with its own exception types)
+    except Exception as err:
         raise ConfigError(_reason(err)) from None
     backbone = load_backbone(cfg.backbone, cfg.weights, cfg.download_weights).to(cfg.device)
     t0 = time.perf_counter()

@@ -13,6 +13,6 @@ from strategies.naive import Naive
 from strategies.supsup import SupSup
 from strategies.trgp import TRGP
 
-__all__ = ["CUBER", "EWC", "ExSSNeT", "GPM", "IBCL", "Joint", "Naive", "STRATEGIES", "SupSup", "TRGP"]
+__all__ = ["CUBER", "EWC", "GPM", "IBCL", "STRATEGIES", "TRGP", "ExSSNeT", "Joint", "Naive", "SupSup"]
 
 STRATEGIES = (Naive, Joint, EWC, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)

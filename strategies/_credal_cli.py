@@ -46,8 +46,8 @@ def _instantiate(section: Any, base: type) -> Any:
     """Instantiate a ``class_path``/``init_args`` config section with jsonargparse."""
     from jsonargparse import ArgumentParser
 
-    import scenarios  # noqa: F401  (short class names)
-    import strategies  # noqa: F401
+    import scenarios
+    import strategies
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--obj", type=base)

@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from clkit.data import ContinualDataModule, Experience
 from clkit.errors import ConfigError
-from clkit.module import ContinualModule
 from clkit.metrics import max_forgetting
+from clkit.module import ContinualModule
 from clkit.nets import Backbone, tensor_bytes
 from strategies._masked_layers import BnInfer, KeepScores, MaskedLayer, TaskBatchNorm
 from strategies._masked_model import add_task, freeze_task, layout, mask_state_bytes, restore_layout, superposed

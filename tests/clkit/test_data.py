@@ -54,7 +54,7 @@ def test_task_order_and_seeded_shuffle() -> None:
     again = ToySplit(num_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
     assert [e.classes for e in shuffled] == [e.classes for e in again]
     with pytest.raises(ConfigError, match="permutation"):
-        ToySplit(num_experiences=4, task_order=[0, 1, 1, 2]).experiences  # noqa: B018
+        ToySplit(num_experiences=4, task_order=[0, 1, 1, 2]).experiences
 
 
 def test_test_passes_add_up_and_reshuffle() -> None:

