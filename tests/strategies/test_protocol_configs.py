@@ -52,3 +52,18 @@ def test_projection_protocol_configs_follow_the_spec(method: str, bench: str) ->
         assert isinstance(backbone, ReducedResNet18) and backbone.nf == 20
         assert backbone.first_stride == (2 if bench == "miniimagenet" else 1)  # 1440-d vs 640-d features
         assert hp.layer_samples == RESNET_SAMPLES
+
+
+@pytest.mark.parametrize("path", sorted((CONFIGS[0].parent / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_sweep_configs_plan_distinct_runs_of_buildable_configs(path: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from clkit.sweep import load_sweep, plan
+
+    runs = plan(load_sweep(path))[0]
+    assert len(runs) >= 2 and len({r.run_id for r in runs}) == len(runs)
+    for name in sorted({r.run_id.split("-", 1)[0] for r in runs}):  # one config per strategy builds
+        config = next(r.config for r in runs if r.run_id.startswith(name + "-"))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        cli = _build_cli(["--config", str(tmp_path / f"{name}.yaml")])
+        assert type(cli.model).__name__ == name
