@@ -193,7 +193,18 @@ def _is_rank_zero() -> bool:
 
 def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{type(model).__name__}-{type(data).__name__}-seed{seed}-{stamp}"
+    base = Path("runs") / f"{type(model).__name__}-{type(data).__name__}-seed{seed}-{stamp}"
+    path, n = base, 1
+    while path.exists():  # two runs started in the same second
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def _earlier_run(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` belongs to a run that finished or got past an experience (config/logs alone do not)."""
+    found = [name for name in ("results.json", "results.partial.json") if (run_dir / name).is_file()]
+    ckpts = sorted((run_dir / "checkpoints").glob("exp*.pt"), key=lambda p: int(p.stem[3:]))
+    return found + ([f"checkpoints/{ckpts[0].name}..{ckpts[-1].name}"] if ckpts else [])
 
 
 def _resolved_config(cli: Any) -> dict[str, Any]:
@@ -220,6 +231,10 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
             if diff:
                 print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
         return
+    earlier = _earlier_run(run_dir)
+    if earlier:  # its checkpoints would be mixed with this run's, and --resume would load them
+        raise ConfigError(f"--run_dir {run_dir} already holds a run ({', '.join(earlier)}); continue it with "
+                          f"--resume {run_dir}, or choose a new --run_dir (or delete that directory)")
     run_dir.mkdir(parents=True, exist_ok=True)
     if _is_rank_zero():
         write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
@@ -229,7 +244,9 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
     """A Trainer per experience from the ``trainer`` section, with fresh copies of the configured callbacks."""
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ProgressBar
-    from pytorch_lightning.loggers import CSVLogger, Logger
+    from pytorch_lightning.loggers import Logger
+
+    from clkit.logger import StreamCSVLogger
 
     from clkit.progress import StreamProgressBar
 
@@ -238,12 +255,14 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
     pristine = copy.deepcopy(kwargs.pop("callbacks", None) or [])  # stateful callbacks must not leak across experiences
     logger = kwargs.pop("logger", True)
     if logger is True or logger is None:
-        logger = CSVLogger(save_dir=str(run_dir), name="", version="")
+        logger = StreamCSVLogger(save_dir=str(run_dir))
     elif not isinstance(logger, (Logger, list)):
         logger = None
     kwargs.pop("default_root_dir", None)
 
     def make_trainer(index: int, **overrides: Any) -> pl.Trainer:
+        if isinstance(logger, StreamCSVLogger):
+            logger.experience = index
         callbacks = copy.deepcopy(pristine)
         if kwargs.get("enable_progress_bar", True) is not False and not any(
                 isinstance(c, ProgressBar) for c in callbacks):

@@ -71,6 +71,8 @@ class StreamRun:
         self.strategy.bind(self.stream)
         exps = self.stream.experiences
         first = self._resume() if resume else 0
+        if hasattr(self.logger, "keep_history"):
+            self.logger.keep_history(first)  # rows of the experiences already done survive a resume
         if first == 0:
             self._test(self.make_trainer(0), row=-1)
         for i in range(first, len(exps)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -73,6 +74,17 @@ def test_resume_refuses_a_different_config(tmp_path: Path, capsys: pytest.Captur
     assert exc.value.code == 2 and "differs" in capsys.readouterr().err
 
 
+def test_a_run_directory_is_not_reused_without_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second run into a finished run's directory would mix checkpoints; --resume would then load the old ones."""
+    main(["fit", "--run_dir", str(tmp_path), *PERMUTED])
+    before = (tmp_path / "results.json").read_bytes(), (tmp_path / "config.yaml").read_bytes()
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--run_dir", str(tmp_path), *PERMUTED, "--model", "strategies.EWC"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "already holds a run" in err and f"--resume {tmp_path}" in err, err
+    assert ((tmp_path / "results.json").read_bytes(), (tmp_path / "config.yaml").read_bytes()) == before
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--model", "strategies.Nope"], "Nope"),
     (["--model.init_args.nope", "1"], "nope"),
@@ -114,6 +126,14 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
     subprocess.run([*args, "--resume", str(run)], check=True, capture_output=True, env=env)
     subprocess.run([*args, "--run_dir", str(tmp_path / "full")], check=True, capture_output=True, env=env)
     assert _results(run)["accuracy_matrix"] == _results(tmp_path / "full")["accuracy_matrix"]
+    resumed, full = _csv_rows(run), _csv_rows(tmp_path / "full")  # the log keeps experience 0's rows, once
+    assert [r["experience"] for r in resumed] == [r["experience"] for r in full]
+    assert [r["stream/acc"] for r in resumed] == [r["stream/acc"] for r in full]
+
+
+def _csv_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def test_nan_loss_stops_and_keeps_completed_experiences(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
