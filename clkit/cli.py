@@ -8,6 +8,7 @@ overrides), built with ``run=False``: it parses and instantiates ``model`` (a st
 from __future__ import annotations
 
 import copy
+import re
 import sys
 import warnings
 from datetime import datetime
@@ -111,7 +112,7 @@ def _build_cli(args: list[str]) -> Any:
         return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
                         run=False, auto_configure_optimizers=False, save_config_callback=None,
                         seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
-                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False}, args=args)
+                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False}, args=args)
     except ClkitError:
         raise
     except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
@@ -133,15 +134,42 @@ def _first_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     kept = [ln.lstrip("- ").rstrip(":") for ln in lines if not ln.lstrip("- ").startswith(_NOISE)]
     text = ": ".join(kept) if kept else type(err).__name__
-    if "has no attribute" in text:
-        text += f" (available strategies: {', '.join(_names('strategies'))}; scenarios: {', '.join(_names('scenarios'))})"
-    return text if len(text) < 800 else text[:800] + " ..."
+    return _with_valid_values(text)
+
+
+def _with_valid_values(text: str) -> str:
+    """Append what would have been valid: the classes for a bad class name, the arguments for a bad argument."""
+    section = re.search(r'Parser key "(model|data)"', text)
+    if "has no attribute" in text or "Expected a dot import path" in text:
+        packages = {"model": ["strategies"], "data": ["scenarios"]}.get(section.group(1) if section else "",
+                                                                         ["strategies", "scenarios"])
+        text += "".join(f" (valid {p}: {', '.join(_names(p))})" for p in packages)
+    elif "is not accepted" in text and (path := re.search(r"class_path '([\w.]+)'", text)):
+        text += f" (valid arguments of {path.group(1).rsplit('.', 1)[-1]}: {', '.join(_init_args(path.group(1)))})"
+    elif text.startswith("unrecognized arguments: --trainer."):
+        import pytorch_lightning as pl
+
+        text += f" (valid trainer keys: {', '.join(_init_args(pl.Trainer))})"
+    return text if len(text) < 1600 else text[:1600] + " ..."
+
+
+def _init_args(target: Any) -> list[str]:
+    """Keyword arguments of a class's constructor (``target``: the class or its dotted path)."""
+    import importlib
+    import inspect
+
+    if isinstance(target, str):
+        module, _, name = target.rpartition(".")
+        target = getattr(importlib.import_module(module), name)
+    params = inspect.signature(target.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
 def _names(package: str) -> list[str]:
+    """Public classes of ``package`` by the short names ``--model``/``--data`` accept (``GPM``, ``SplitDigits``)."""
     import importlib
 
-    return [f"{package}.{n}" for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
+    return [n for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
             and n != "STRATEGIES"]
 
 
@@ -156,6 +184,7 @@ def run_fit(args: list[str]) -> Path:
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # losses are per epoch
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's use of a torch deprecation
     cli = _build_cli(args)
     cfg = cli.config
     model, data = cli.model, cli.datamodule
@@ -264,11 +293,13 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
         if isinstance(logger, StreamCSVLogger):
             logger.experience = index
         callbacks = copy.deepcopy(pristine)
-        if kwargs.get("enable_progress_bar", True) is not False and not any(
-                isinstance(c, ProgressBar) for c in callbacks):
+        bar = kwargs.get("enable_progress_bar", True) is not False
+        if bar and not sys.stderr.isatty() and not any(isinstance(c, ProgressBar) for c in callbacks):
+            bar = False  # redirected output: the one summary line per experience, not megabytes of bar redraws
+        elif bar and not any(isinstance(c, ProgressBar) for c in callbacks):
             callbacks.append(StreamProgressBar())
         return pl.Trainer(**{**kwargs, "callbacks": callbacks, "logger": logger or False,
-                             "default_root_dir": str(run_dir), **overrides})
+                             "default_root_dir": str(run_dir), "enable_progress_bar": bar, **overrides})
 
     return make_trainer, (logger[0] if isinstance(logger, list) else logger)
 

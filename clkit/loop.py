@@ -123,7 +123,7 @@ class StreamRun:
     def _announce(self, i: int, seconds: float) -> None:
         row = self.accuracy_matrix[i]
         exp = self.stream.experiences[i]
-        print(f"[clkit] experience {i + 1}/{len(self.stream.experiences)} ({exp.name}): {seconds:.1f} s, "
+        print(f"[clkit] experience {i + 1}/{len(self.stream.experiences)} ({exp.name}): {seconds:.2f} s, "
               f"acc on it {float(row[i]):.3f}, mean acc on seen {float(row[: i + 1].mean()):.3f}", file=sys.stderr)
 
     def _log_row(self, i: int) -> None:

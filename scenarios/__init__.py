@@ -3,7 +3,13 @@
 Only this package imports Avalanche, and only lazily (inside functions), so importing a scenario module is cheap.
 """
 
-from scenarios.classic import (
+import warnings
+
+# Avalanche imports qpsolvers (for its GEM strategy), which warns at every import when no QP solver is installed;
+# no clkit scenario or strategy uses one.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+from scenarios.classic import (  # noqa: E402
     CelebAAttributes,
     CIFAR100Pairs,
     CORe50,

@@ -87,7 +87,12 @@ def test_a_run_directory_is_not_reused_without_resume(tmp_path: Path, capsys: py
 
 @pytest.mark.parametrize("args, needle", [
     (["--model", "strategies.Nope"], "Nope"),
+    (["--model", "GPMM"], "valid strategies: CUBER, EWC, GPM,"),
+    (["--data", "SplitDigit"], "SplitDigits"),
     (["--model.init_args.nope", "1"], "nope"),
+    (["--model.init_args.nope", "1"], "valid arguments of Naive: backbone, lr,"),
+    (["--trainer.bogus_key", "7"], "max_epochs"),
+    (["--trainer.max_epoch", "1"], "unrecognized arguments: --trainer.max_epoch"),  # no silent abbreviations
     (["--model.init_args.optimizer", "adamw"], "adamw"),
     (["--data.init_args.n_experiences", "3"], "n_experiences=3 does not divide"),
     (["--model", "tests.clkit.helpers.TaskILOnly", "--data", "scenarios.PermutedDigits"], "domain-il"),
@@ -144,3 +149,11 @@ def test_nan_loss_stops_and_keeps_completed_experiences(tmp_path: Path, capsys: 
     partial = json.loads((tmp_path / "results.partial.json").read_text())
     assert partial["completed_experiences"] == 1 and len(partial["accuracy_matrix_rows"]) == 1
     assert (tmp_path / "checkpoints" / "exp0.pt").is_file() and not (tmp_path / "results.json").exists()
+
+
+def test_redirected_output_is_one_line_per_experience(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["fit", "--run_dir", str(tmp_path), *PERMUTED[:4], "--trainer.max_epochs", "2"])  # bar on by default
+    out = capsys.readouterr()
+    lines = [ln for ln in out.err.splitlines() if ln.startswith("[clkit] experience")]
+    assert len(lines) == len(_results(tmp_path)["accuracy_matrix"])
+    assert "epoch 0" not in out.out + out.err and len(out.out + out.err) < 5000
