@@ -195,8 +195,8 @@ def value_label(value: Any, short: bool = True) -> str:
         if short or not args:
             return name
         return f"{name}(" + ", ".join(f"{k}={value_label(v, short=False)}" for k, v in args.items()) + ")"
-    if isinstance(value, str):
-        return value
+    if isinstance(value, str):  # a bare class path labels like its mapping form: strategies.GPM -> GPM
+        return value.rsplit(".", 1)[-1] if re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\.[A-Z]\w*", value) else value
     return json.dumps(value, separators=(",", ":"))
 
 

@@ -14,7 +14,7 @@ import warnings
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import yaml
 
@@ -77,11 +77,14 @@ def parse_subcommand(parser: Any, args: list[str], command: str) -> Any:
     if any(a in ("-h", "--help") for a in args):
         parser.print_help()
         return None
+    def one_line(message: str) -> NoReturn:  # argparse's error() prints the usage text and exits
+        raise ConfigError(f"clkit {command}: {message} (see clkit {command} --help)")
+
+    parser.error = one_line
     try:
         return parser.parse_args(args)
-    except (argparse.ArgumentError, SystemExit) as err:
-        detail = err if isinstance(err, argparse.ArgumentError) else "bad arguments"
-        raise ConfigError(f"clkit {command}: {detail} (see clkit {command} --help)") from None
+    except argparse.ArgumentError as err:
+        one_line(str(err))
 
 
 def _default_config() -> str:
@@ -112,7 +115,8 @@ def _build_cli(args: list[str]) -> Any:
         return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
                         run=False, auto_configure_optimizers=False, save_config_callback=None,
                         seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
-                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False}, args=args)
+                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False},
+                        args=args)
     except ClkitError:
         raise
     except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
@@ -276,7 +280,6 @@ def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
     from pytorch_lightning.loggers import Logger
 
     from clkit.logger import StreamCSVLogger
-
     from clkit.progress import StreamProgressBar
 
     section = cli.config_init.get("trainer")

@@ -2,7 +2,7 @@
 
 Example (IBCL's Split-CIFAR-100 protocol; ImageNet ResNet-18, 512-d)::
 
-    python scripts/extract_features.py --config configs/data/cifar100_pairs.yaml \\
+    python scripts/extract_features.py --config configs/scenarios/cifar100_pairs.yaml \\
         --data.init_args.dataset_root ~/data --out features/cifar100_pairs_resnet18.pt
 
 ``--config`` takes a data snippet (``data: {class_path, init_args}``) or a whole ``clkit fit`` config (only its

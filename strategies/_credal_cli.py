@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -59,13 +60,16 @@ def _load_config(run: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text()) if path.is_file() else {}
 
 
-def main(argv: list[str] | None = None) -> Path:
-    """Run the command; returns the path of the saved model."""
+def main(argv: list[str] | None = None) -> Path | None:
+    """Run the command; returns the path of the saved model (``None`` after ``--help``)."""
+    from clkit.cli import parse_subcommand
     from clkit.data import ContinualDataModule
     from strategies._credal_plot import pareto_points, plot_pareto
     from strategies.ibcl import IBCL
 
-    args = _parser().parse_args(argv)
+    args = parse_subcommand(_parser(), list(sys.argv[1:] if argv is None else argv), "ibcl-generate")
+    if args is None:  # --help
+        return None
     config = _load_config(args.run)
     section = (config.get("model") or {}).get("init_args", {}).get("backbone")
     backbone = _instantiate(section, Backbone) if section else None

@@ -264,3 +264,11 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
     assert _matrix(cut[0]) == _matrix(fresh)
     index = read_json(spec.sweep_dir / "sweep.json")
     assert index["counts"]["done"] == 4 and len(index["runs"]) == 4
+
+
+def test_grid_labels_name_a_class_alike_in_both_forms() -> None:
+    from clkit._sweep_plan import value_label
+
+    assert value_label("strategies.GPM") == value_label({"class_path": "strategies.GPM"}) == "GPM"
+    assert value_label("scenarios.classic.SplitMNIST") == "SplitMNIST"
+    assert value_label("task-il") == "task-il" and value_label("a.b") == "a.b"  # plain strings stay

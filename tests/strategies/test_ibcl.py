@@ -218,7 +218,7 @@ def test_configs_parse_to_ibcl(name: str, stds: list[float], data: str) -> None:
     assert type(cli.datamodule).__name__ == data
 
 
-def test_digits_config_end_to_end_with_generate_command(tmp_path: Path) -> None:
+def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from clkit.cli import run_fit
 
     run_dir = run_fit(["--config", str(CONFIGS / "ibcl_digits.yaml"), "--trainer.max_epochs", "1",
@@ -229,6 +229,11 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path) -> None:
     assert results["strategy_state_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
     from clkit.cli import main as clkit_main
 
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:  # argument errors are one line, like every clkit error
+        clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "1", "--out", "m.pt", "--mode", "bogus"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "invalid choice: 'bogus'" in err[0], err
     clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt")])
     model = torch.load(tmp_path / "m.pt", weights_only=False)  # selected on the rebuilt scenario's validation data
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 1)
