@@ -132,7 +132,8 @@ def load_feature_file(path: str | Path) -> dict[str, Any]:
     """Read a ``.pt`` or ``.npz`` feature file into the ``.pt`` dict layout, checking its structure."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"feature file {path} not found; write one with scripts/extract_features.py")
+        raise DataError(f"feature file {path} not found; write one with scripts/extract_features.py (a frozen "
+                        "backbone over any scenario) or scenarios.features.save_feature_file")
     if path.suffix == ".npz":
         doc = _from_npz(path)
     else:
