@@ -2,16 +2,18 @@
 
 Every file-backed scenario takes ``dataset_root``. When it is not given, ``$CLKIT_DATA_ROOT`` is used; when neither
 is set, or the expected files are not there, the scenario raises :class:`clkit.errors.DataError` naming the data
-set, the files it expected and the directory it looked in. Nothing is downloaded unless ``download: true``.
+set, the files it expected and the directory it looked in. Nothing is downloaded unless ``download: true``; a failed
+download is one :class:`clkit.errors.DataError` too (:func:`downloading`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +25,7 @@ from clkit.errors import DataError
 __all__ = [
     "ENV_ROOT",
     "cache_key",
+    "downloading",
     "load_cached",
     "missing_data_error",
     "require_files",
@@ -57,6 +60,24 @@ def require_files(dataset: str, root: Path, expected: Sequence[str], how: str) -
     missing = [p for p in expected if not (root / p).exists()]
     if missing:
         raise missing_data_error(dataset, root, missing, how)
+
+
+@contextlib.contextmanager
+def downloading(dataset: str, root: Path) -> Iterator[None]:
+    """Run a download (torchvision, Avalanche, scikit-learn) and turn its failure into one clear :class:`DataError`.
+
+    Without internet a download fails deep inside urllib with a traceback; the user needs to hear which data set,
+    where its files go, and that they can put them there themselves.
+    """
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as err:  # URLError, HTTPError, socket errors, checksum RuntimeErrors, gdown's errors, ...
+        detail = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{dataset}: downloading into {root} failed ({type(err).__name__}: {detail}). Without "
+                        "internet, put the files there yourself (docs/scenarios.md lists them) and set "
+                        "download: false.") from None
 
 
 def _list(paths: Sequence[str]) -> str:

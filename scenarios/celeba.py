@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from clkit.data import Experience, TensorData
 from clkit.errors import ConfigError, DataError
 from scenarios._base import FileScenario
-from scenarios._files import require_files
+from scenarios._files import downloading, require_files
 from scenarios._transforms import ImageBatch
 
 __all__ = ["ATTRIBUTES", "CelebAAttributes", "read_celeba_tables"]
@@ -113,7 +113,8 @@ class CelebAAttributes(FileScenario):
         if self.download:
             from torchvision.datasets import CelebA
 
-            CelebA(str(self.root), split="all", download=True)
+            with downloading(self.DATASET, self.root):
+                CelebA(str(self.root), split="all", download=True)
         require_files(self.DATASET, self.root, list(self.EXPECTED), "Put torchvision's CelebA files (aligned "
                       "images unzipped) there, or pass download: true (needs gdown).")
         files, names, attrs, part = read_celeba_tables(self.root / "celeba")

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import Tensor
 
 from scenarios._base import SplitImages
+from scenarios._files import downloading
 from scenarios._readers import read_cifar
 
 __all__ = ["SplitCIFAR10", "SplitCIFAR100", "load_cifar"]
@@ -26,8 +27,9 @@ def load_cifar(root: Path, which: str, download: bool,
         from torchvision import datasets
 
         cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
+        with downloading(dataset, root):
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
     xtr, ytr, names = read_cifar(root, which, True, dataset)
     xte, yte, _ = read_cifar(root, which, False, dataset)
     return (xtr, ytr), (xte, yte), names

@@ -20,7 +20,7 @@ import torch
 from clkit.data import Experience, TensorData
 from clkit.errors import ConfigError
 from scenarios._base import FileScenario, with_transforms
-from scenarios._files import require_files
+from scenarios._files import downloading, require_files
 from scenarios._transforms import ImageBatch
 from scenarios.avalanche import materialise
 
@@ -71,7 +71,7 @@ class CORe50(FileScenario):
         if not self.download:
             require_files(self.DATASET, root, self._expected(), "Download the files listed at "
                           "https://vlomonaco.github.io/core50/ (as Avalanche does) there, or pass download: true.")
-        with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints progress messages
+        with contextlib.redirect_stdout(io.StringIO()), downloading(self.DATASET, root):  # Avalanche prints progress
             return AvalancheCORe50(scenario=self.scenario, run=self.run, object_lvl=self.object_level, mini=self.mini,
                                    train_transform=PILToTensor(), eval_transform=PILToTensor(), dataset_root=root)
 

@@ -28,6 +28,7 @@ from torch import Tensor
 from clkit.data import Experience
 from clkit.errors import ConfigError, DataError
 from scenarios._base import FileScenario, with_transforms
+from scenarios._files import downloading
 from scenarios._readers import read_pickle, read_svhn
 from scenarios._transforms import ImageBatch
 from scenarios.avalanche import experiences_from_benchmark
@@ -145,8 +146,9 @@ class FiveDatasets(FileScenario):
             if self.download:
                 from torchvision.datasets import SVHN
 
-                for split in ("train", "test"):
-                    SVHN(str(root), split=split, download=True)
+                with downloading("SVHN (5-Datasets)", root):
+                    for split in ("train", "test"):
+                        SVHN(str(root), split=split, download=True)
             return read_svhn(root, True, "SVHN (5-Datasets)"), read_svhn(root, False, "SVHN (5-Datasets)")
         if name == "notmnist":
             train, test = load_notmnist(root, self.notmnist_test_fraction, self.seed)

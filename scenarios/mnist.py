@@ -18,6 +18,7 @@ from torch import Tensor
 from clkit.data import Experience, TensorData
 from clkit.errors import ConfigError, DataError
 from scenarios._base import FileScenario, SplitImages, check_setting, with_transforms
+from scenarios._files import downloading
 from scenarios._readers import read_mnist
 from scenarios._transforms import ImageBatch
 from scenarios.avalanche import materialise
@@ -36,8 +37,9 @@ def load_mnist(root: Path, download: bool, folder: str = "MNIST",
         from torchvision import datasets
 
         cls = datasets.FashionMNIST if folder == "FashionMNIST" else datasets.MNIST
-        for train in (True, False):
-            cls(str(root), train=train, download=True)
+        with downloading(dataset, root):
+            for train in (True, False):
+                cls(str(root), train=train, download=True)
     return read_mnist(root, folder, True, dataset), read_mnist(root, folder, False, dataset)
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from clkit.errors import ConfigError, DataError
-from scenarios._files import missing_data_error
+from scenarios._files import downloading, missing_data_error
 from scenarios._pairs import BinaryTask, BinaryTaskStream
 
 __all__ = ["PAIRS", "NewsgroupPairs", "load_newsgroups"]
@@ -42,7 +42,9 @@ def load_newsgroups(root: Any, subset: str, download: bool) -> tuple[list[str], 
 
     folder = root / f"20news-bydate-{subset}"
     if (root / "20news-bydate_py3.pkz").is_file() or (download and not folder.is_dir()):
-        data = fetch_20newsgroups(data_home=str(root), subset=subset, remove=_REMOVE, download_if_missing=download)
+        with downloading("20 Newsgroups", root):
+            data = fetch_20newsgroups(data_home=str(root), subset=subset, remove=_REMOVE,
+                                      download_if_missing=download)
         return list(data.data), np.asarray(data.target), list(data.target_names)
     if not folder.is_dir():
         raise missing_data_error("20 Newsgroups", root, ["20news-bydate_py3.pkz", "20news-bydate-train/",

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from scenarios._base import SplitImages
-from scenarios._files import require_files
+from scenarios._files import downloading, require_files
 
 __all__ = ["SplitTinyImageNet"]
 
@@ -54,7 +54,7 @@ class SplitTinyImageNet(SplitImages):
         if not self.download:
             require_files(self.DATASET, root, list(self.EXPECTED), "Extract tiny-imagenet-200.zip "
                           "(http://cs231n.stanford.edu/tiny-imagenet-200.zip) there, or pass download: true.")
-        with contextlib.redirect_stdout(io.StringIO()):  # Avalanche prints progress messages
+        with contextlib.redirect_stdout(io.StringIO()), downloading(self.DATASET, root):  # Avalanche prints progress
             train = TinyImagenet(root=root, train=True, transform=PILToTensor(), download=self.download)
             test = TinyImagenet(root=root, train=False, transform=PILToTensor(), download=self.download)
         return _decode_all(train), _decode_all(test)

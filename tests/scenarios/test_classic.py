@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from clkit.errors import ConfigError
+from clkit.errors import ConfigError, DataError
 from scenarios.classic import (
     CORe50,
     PermutedMNIST,
@@ -169,3 +169,22 @@ def test_download_flag_asks_torchvision(fake_root: Path, monkeypatch: pytest.Mon
     assert len(SplitMNIST(dataset_root=str(fake_root), download=True).experiences) == 5
     assert calls == [{"root": str(fake_root), "train": True, "download": True},
                      {"root": str(fake_root), "train": False, "download": True}]
+
+
+@pytest.mark.parametrize("cls", [SplitMNIST, SplitCIFAR100])
+def test_a_failed_download_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: Any) -> None:
+    """Offline, torchvision's download raises deep inside urllib; the user gets the data set and where files go."""
+    import urllib.error
+
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    for name in ("MNIST", "CIFAR100"):
+        monkeypatch.setattr(torchvision.datasets, name, Offline)
+    with pytest.raises(DataError) as err:
+        cls(dataset_root=str(tmp_path), download=True).experiences  # noqa: B018
+    text = str(err.value)
+    assert "\n" not in text and cls.DATASET in text and str(tmp_path) in text and "URLError" in text, text
