@@ -86,7 +86,7 @@ def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool
     res_idx = chosen[chosen >= m].sort().values - m
     if faithful:
         appended = u[:, res_idx[res_idx > 0]].to(memory.dtype)  # (d, r')
-        new_memory = torch.cat([memory, appended], dim=1)
+        new_memory = torch.cat([memory, appended], dim=1)[:, :d]  # official: truncated at d columns, as GPM's
         task_basis = torch.cat([memory[:, mem_idx], u[:, res_idx].to(memory.dtype)], dim=1)
         return TaskBasis(task_basis, new_memory, None)
     new_memory = extend_orthonormal(memory, u[:, res_idx])

@@ -164,7 +164,8 @@ class GPM(ContinualModule):
             p.requires_grad_(not frozen)
         self._projectors = []  # per layer: M or its complement, whichever is cheaper (spec §4.5)
         for basis, ref in zip(self.bases, self.projected_layers()):
-            factor, complement = projection_factor(basis)
+            # faithful bases drift from orthonormal, where the complement and G - (G M) M^T differ: official formula
+            factor, complement = (basis, False) if self.hparams.faithful else projection_factor(basis)
             self._projectors.append((factor.to(ref.weight.device, ref.weight.dtype), complement))
         hp = self.hparams
         self._plateau = None if hp.lr_patience is None else PlateauDecay(hp.lr, hp.lr_patience, hp.lr_factor,

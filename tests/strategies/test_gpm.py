@@ -174,3 +174,16 @@ def test_protocol_networks_give_the_spec_representation_shapes() -> None:
     reps = resnet.representations(exp, torch.arange(100))
     assert tuple(reps[7].shape) == (20, 10 * 16 * 16)  # 1x1 patches of the block input at stride 2
     assert tuple(reps[0].shape) == (27, 10 * 32 * 32) and tuple(reps[19].shape) == (1440, 100 * 4 * 4)
+
+
+def test_faithful_projects_with_the_official_formula_even_where_the_complement_is_cheaper() -> None:
+    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
+    runs = {}
+    for faithful in (False, True):
+        pl.seed_everything(0, verbose=False)
+        strategy = GPM(backbone=MLP(hidden=[16], bias=False), lr=0.05, threshold=0.999, faithful=faithful)
+        StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+        runs[faithful] = strategy
+    wide = [l for l, b in enumerate(runs[False].bases) if 2 * b.shape[1] > b.shape[0]]
+    assert wide and all(runs[False]._projectors[l][1] for l in wide)  # default: cheaper complement factor
+    assert not any(complement for _, complement in runs[True]._projectors)  # faithful: G - (G M) M^T
