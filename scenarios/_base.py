@@ -101,6 +101,7 @@ class FileScenario(AvalancheScenario):
 
     DATASET: ClassVar[str] = ""
     EXPECTED: ClassVar[tuple[str, ...]] = ()  # files under dataset_root, for the "no dataset_root" error
+    DOWNLOADABLE: ClassVar[bool] = True  # whether ``download: true`` can fetch the files
 
     def __init__(self, *, dataset_root: Optional[str] = None, download: bool = False,
                  cache_dir: Optional[str] = None, **kwargs: Any) -> None:
@@ -111,7 +112,8 @@ class FileScenario(AvalancheScenario):
 
     @property
     def root(self) -> Path:
-        return resolve_root(self.dataset_root, self.DATASET or type(self).__name__, self.EXPECTED)
+        return resolve_root(self.dataset_root, self.DATASET or type(self).__name__, self.EXPECTED,
+                            downloadable=self.DOWNLOADABLE)
 
     def build(self) -> list[Experience]:
         key = cache_key(self, root=str(self.root))  # before building: building may set attributes

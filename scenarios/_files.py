@@ -37,16 +37,19 @@ ENV_ROOT = "CLKIT_DATA_ROOT"
 CACHE_VERSION = 1
 
 
-def resolve_root(dataset_root: Optional[str], dataset: str, expected: Sequence[str]) -> Path:
+def resolve_root(dataset_root: Optional[str], dataset: str, expected: Sequence[str], *,
+                 downloadable: bool = False) -> Path:
     """``dataset_root`` (or ``$CLKIT_DATA_ROOT``) as an absolute path.
 
     Raises:
-        DataError: If neither is set; the message names the data set and the files it needs.
+        DataError: If neither is set; the message names the data set and the files it needs (and, for a data set
+            that can be fetched, how to have it downloaded).
     """
     root = dataset_root if dataset_root is not None else os.environ.get(ENV_ROOT)
     if not root:
+        fetch = " (or any folder, with data.init_args.download true to fetch them there)" if downloadable else ""
         raise DataError(f"{dataset}: no dataset_root given. Set data.init_args.dataset_root (or the environment "
-                        f"variable {ENV_ROOT}) to the folder that holds {_list(expected)}.")
+                        f"variable {ENV_ROOT}) to the folder that holds {_list(expected)}{fetch}.")
     return Path(root).expanduser().resolve()
 
 

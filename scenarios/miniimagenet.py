@@ -40,6 +40,7 @@ class SplitMiniImageNet(FileScenario):
     """
 
     DATASET = "miniImageNet"
+    DOWNLOADABLE = False
     EXPECTED = ("miniimagenet/train.pkl", "miniimagenet/test.pkl")
 
     def __init__(self, *, n_experiences: int = 20, setting: Literal["task-il", "class-il"] = "task-il",
