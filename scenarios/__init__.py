@@ -22,6 +22,7 @@ from scenarios.classic import (  # noqa: E402
     SplitMiniImageNet,
     SplitMNIST,
     SplitTinyImageNet,
+    TinyImageNetPairs,
 )
 from scenarios.digits import PermutedDigits, SplitDigits
 from scenarios.features import FeatureStream
@@ -29,4 +30,5 @@ from scenarios.toy import ToyPermuted, ToyShared, ToySplit
 
 __all__ = ["CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "NewsgroupPairs",
            "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
-           "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "ToyPermuted", "ToyShared", "ToySplit"]
+           "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "TinyImageNetPairs", "ToyPermuted", "ToyShared",
+           "ToySplit"]

@@ -13,18 +13,20 @@ from scenarios.miniimagenet import SplitMiniImageNet
 from scenarios.mnist import PermutedMNIST, RotatedMNIST, SplitMNIST
 from scenarios.newsgroups import NewsgroupPairs
 from scenarios.tinyimagenet import SplitTinyImageNet
+from scenarios.tinyimagenet_pairs import TinyImageNetPairs
 
 __all__ = [
-           "CIFAR100Pairs",
-           "CORe50",
-           "CelebAAttributes",
-           "FiveDatasets",
-           "NewsgroupPairs",
-           "PermutedMNIST",
-           "RotatedMNIST",
-           "SplitCIFAR10",
-           "SplitCIFAR100",
-           "SplitMNIST",
-           "SplitMiniImageNet",
-           "SplitTinyImageNet",
+    "CIFAR100Pairs",
+    "CORe50",
+    "CelebAAttributes",
+    "FiveDatasets",
+    "NewsgroupPairs",
+    "PermutedMNIST",
+    "RotatedMNIST",
+    "SplitCIFAR10",
+    "SplitCIFAR100",
+    "SplitMNIST",
+    "SplitMiniImageNet",
+    "SplitTinyImageNet",
+    "TinyImageNetPairs",
 ]

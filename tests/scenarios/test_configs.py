@@ -24,6 +24,8 @@ PROTOCOLS: dict[str, dict[str, Any]] = {  # file -> (class name, init args the p
     "data/splittinyimagenet.yaml": {"cls": "SplitTinyImageNet", "n_experiences": 10, "setting": "task-il"},
     "data/celeba_features.yaml": {"cls": "FeatureStream"},
     "data/cifar100_pairs_features.yaml": {"cls": "FeatureStream", "batch_size": 32},
+    "data/tinyimagenet_pairs_features.yaml": {"cls": "FeatureStream", "batch_size": 32},
+    "scenarios/tinyimagenet_pairs.yaml": {"cls": "TinyImageNetPairs", "val_per_class": 50},
     "data/20news_features.yaml": {"cls": "NewsgroupPairs", "n_components": 512, "val_per_class": 50},
 }
 

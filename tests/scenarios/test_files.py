@@ -25,6 +25,7 @@ MISSING = [  # (class, dataset named in the error, an expected file named in the
     ("CelebAAttributes", "CelebA", "list_attr_celeba.txt"),
     ("CIFAR100Pairs", "CIFAR-100", "cifar-100-python/train"),
     ("NewsgroupPairs", "20 Newsgroups", "20news-bydate_py3.pkz"),
+    ("TinyImageNetPairs", "Tiny ImageNet", "tiny-imagenet-200/wnids.txt"),
 ]
 
 

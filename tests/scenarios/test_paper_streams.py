@@ -13,7 +13,8 @@ import torch
 from clkit.errors import ConfigError, DataError
 from scenarios.celeba import ATTRIBUTES
 from scenarios.cifar_pairs import PAIRS
-from scenarios.classic import CelebAAttributes, CIFAR100Pairs, FiveDatasets, NewsgroupPairs, SplitMiniImageNet
+from scenarios.classic import (CelebAAttributes, CIFAR100Pairs, FiveDatasets, NewsgroupPairs, SplitMiniImageNet,
+                              TinyImageNetPairs)
 from scenarios.five_datasets import NAMES, NORMS, load_notmnist
 from scenarios.newsgroups import PAIRS as NEWS_PAIRS
 from tests.scenarios import fakes
@@ -95,6 +96,27 @@ def test_cifar_pairs_protocol(fake_root: Path) -> None:
     assert not set(exps[0].val.x[:, 0, 0, 1].tolist()) & set(exps[0].train.x[:, 0, 0, 1].tolist())  # type: ignore
     with pytest.raises(DataError, match="val_per_class=3"):
         _ = CIFAR100Pairs(dataset_root=str(fake_root), val_per_class=3).experiences
+
+
+def test_tinyimagenet_pairs_protocol(fake_root: Path) -> None:
+    wnids = (fake_root / "tiny-imagenet-200" / "wnids.txt").read_text().split()  # class id = position
+    pairs = [(wnids[3], wnids[150]), (wnids[42], wnids[7])]
+    stream = TinyImageNetPairs(dataset_root=str(fake_root), pairs=pairs, val_per_class=1)
+    exps = stream.experiences
+    assert len(exps) == 2 and stream.setting == "domain-il" and not stream.task_ids_at_test
+    assert stream.input_shape == (3, 64, 64)
+    for e, (a, b) in zip(exps, [(3, 150), (42, 7)]):
+        assert e.classes == (0, 1) and f"({wnids[a]}) vs" in e.name and e.name.endswith(f"({wnids[b]})")
+        for part in (e.train, e.val, e.test):  # the fake has 2 training images and 1 test image per class
+            pixel = part.x[:, 0, 0, 0].long()  # type: ignore[union-attr]
+            assert torch.equal(pixel, torch.where(part.y == 0, a, b))  # type: ignore[union-attr]
+            assert torch.bincount(part.y).tolist() == [1, 1]  # type: ignore[union-attr]
+    x = exps[0].train[torch.arange(2)][0]  # ImageNet mean/std at batch time
+    assert x.dtype == torch.float32 and x.shape == (2, 3, 64, 64)
+    with pytest.raises(ConfigError, match="not Tiny ImageNet classes"):
+        _ = TinyImageNetPairs(dataset_root=str(fake_root), val_per_class=1).experiences  # real wnids, fake files
+    with pytest.raises(DataError, match="val_per_class=2"):
+        _ = TinyImageNetPairs(dataset_root=str(fake_root), pairs=pairs, val_per_class=2).experiences
 
 
 def _nearest_centroid_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:

@@ -209,7 +209,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 @pytest.mark.parametrize(("name", "stds", "data"), [
     ("ibcl_digits", [1.0, 1.5, 2.0], "BinaryDigits"), ("ibcl_celeba", [0.2, 0.25, 0.3], "FeatureStream"),
-    ("ibcl_cifar100_pairs", [2.0, 2.5, 3.0], "FeatureStream"), ("ibcl_20news", [0.2, 0.25, 0.3], "NewsgroupPairs")])
+    ("ibcl_cifar100_pairs", [2.0, 2.5, 3.0], "FeatureStream"), ("ibcl_20news", [0.2, 0.25, 0.3], "NewsgroupPairs"),
+    ("ibcl_tinyimagenet_pairs", [2.0, 2.5, 3.0], "FeatureStream")])
 def test_configs_parse_to_ibcl(name: str, stds: list[float], data: str) -> None:
     from clkit.cli import _build_cli
 
