@@ -13,8 +13,14 @@ import torch
 from clkit.errors import ConfigError, DataError
 from scenarios.celeba import ATTRIBUTES
 from scenarios.cifar_pairs import PAIRS
-from scenarios.classic import (CelebAAttributes, CIFAR100Pairs, FiveDatasets, NewsgroupPairs, SplitMiniImageNet,
-                              TinyImageNetPairs)
+from scenarios.classic import (
+    CelebAAttributes,
+    CIFAR100Pairs,
+    FiveDatasets,
+    NewsgroupPairs,
+    SplitMiniImageNet,
+    TinyImageNetPairs,
+)
 from scenarios.five_datasets import NAMES, NORMS, load_notmnist
 from scenarios.newsgroups import PAIRS as NEWS_PAIRS
 from tests.scenarios import fakes
