@@ -136,6 +136,6 @@ class TinyImageNetPairs(BinaryTaskStream):
             def part(xa: Tensor, xb: Tensor) -> tuple[Tensor, Tensor]:
                 return torch.cat([xa, xb]), torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))]).long()
 
-            name = f"{words.get(a, a)} ({a}) vs {words.get(b, b)} ({b})"
+            name = " vs ".join(f"{words[c]} ({c})" if c in words else c for c in (a, b))
             out.append(BinaryTask(name, part(tr_a, tr_b), part(va_a, va_b), part(te_a, te_b)))
         return out
