@@ -33,6 +33,7 @@ __all__ = [
     "projection_factor",
     "representation",
     "svd_energies",
+    "thin_svd",
     "update_basis",
     "weight_matrix",
 ]
@@ -197,6 +198,24 @@ def extend_orthonormal(memory: Tensor, new: Tensor, *, tol: float = ORTH_TOL) ->
     return torch.cat([memory, q[:, : memory.shape[0] - memory.shape[1]]], dim=1)
 
 
+def thin_svd(mat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(U, sigma)`` of the thin SVD of ``mat`` (d, k), descending, in ``mat``'s dtype.
+
+    LAPACK's divide-and-conquer driver (``gesdd``, what ``torch.linalg.svd`` uses on the CPU) can fail to converge on
+    ill-conditioned matrices such as a projection residual whose columns are mostly rounding noise; the slower
+    QR-iteration driver ``gesvd`` (SciPy) takes over then.
+    """
+    try:
+        u, s, _ = torch.linalg.svd(mat, full_matrices=False)  # (d, k), (k,)
+        return u, s
+    except torch.linalg.LinAlgError:
+        import scipy.linalg
+
+        u_np, s_np, _ = scipy.linalg.svd(mat.detach().cpu().double().numpy(), full_matrices=False,
+                                         lapack_driver="gesvd")
+        return (torch.from_numpy(u_np).to(mat.device, mat.dtype), torch.from_numpy(s_np).to(mat.device, mat.dtype))
+
+
 def svd_energies(rep: Tensor) -> tuple[Tensor, Tensor]:
     """Left singular vectors and squared singular values of ``rep`` (descending), in ``rep``'s dtype.
 
@@ -206,7 +225,7 @@ def svd_energies(rep: Tensor) -> tuple[Tensor, Tensor]:
     if rep.dtype == torch.float64 and n >= 4 * d:
         evals, evecs = torch.linalg.eigh(rep @ rep.T)  # (d, n)(n, d) -> (d, d); ascending
         return evecs.flip(1), evals.flip(0).clamp_min(0.0)
-    u, s, _ = torch.linalg.svd(rep, full_matrices=False)  # (d, k), (k,)
+    u, s = thin_svd(rep)  # (d, k), (k,)
     return u, s.square()
 
 

@@ -17,6 +17,7 @@ from strategies._projection import (
     energy_rank,
     extend_orthonormal,
     svd_energies,
+    thin_svd,
     update_basis,
     weight_matrix,
 )
@@ -192,7 +193,7 @@ def orth(mat: Tensor, *, rel_tol: float = ORTH_TOL, scale: float | None = None) 
     """
     if mat.shape[1] == 0:
         return mat.double()
-    u, s, _ = torch.linalg.svd(mat.double(), full_matrices=False)  # (d, k'), (k',)
+    u, s = thin_svd(mat.double())  # (d, k'), (k',)
     ref = float(s.max()) if scale is None else scale
     return u[:, s > rel_tol * ref] if ref > 0 else u[:, :0]
 

@@ -17,11 +17,13 @@ from strategies._projection import (
     project_with_factor,
     projection_factor,
     representation,
+    thin_svd,
     update_basis,
 )
 from strategies._trust_region import (
     classify_regimes,
     guarded_gradient,
+    orth,
     projection_norms,
     released_basis,
     scaled_weight,
@@ -308,3 +310,19 @@ def test_classify_regimes() -> None:
     assert scaled == [1] and released == [0]
     scaled, released = classify_regimes(norms, 1.0, [0.0, 0.1, 0.9], eps_proj=0.85, eps_corr=0.0)
     assert scaled == [0] and released == []  # c = 0 is not > eps_corr; task 1 falls outside the trust region
+
+
+def test_svd_falls_back_to_the_robust_driver_when_lapack_does_not_converge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seen on permuted MNIST: gesdd gave up on a projection residual; the bases must still be computed."""
+    g = torch.Generator().manual_seed(0)
+    mat = torch.randn(50, 3, generator=g, dtype=torch.float64) @ torch.randn(3, 20, generator=g, dtype=torch.float64)
+    u_ref, s_ref = thin_svd(mat)
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+
+    monkeypatch.setattr(torch.linalg, "svd", failing)
+    u, s = thin_svd(mat)
+    assert u.dtype == mat.dtype and torch.allclose(s, s_ref, atol=1e-10)
+    assert torch.allclose((u[:, :3] @ u[:, :3].T), (u_ref[:, :3] @ u_ref[:, :3].T), atol=1e-10)  # same top subspace
+    assert orth(mat).shape == (50, 3)  # the released-subspace helper goes through it too
