@@ -22,11 +22,11 @@ from strategies._masked_layers import BnInfer, KeepScores, MaskedLayer, TaskBatc
 from strategies._masked_model import add_task, freeze_task, layout, mask_state_bytes, restore_layout, superposed
 from strategies._masked_nets import LayerFactory, MaskedBackbone, default_masked_backbone
 from strategies._supermask import DensityMode, count_bits, layer_density, overlap_bits
-from strategies._task_inference import infer_task_binary, infer_task_oneshot
+from strategies._task_inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot
 
 __all__ = ["SupermaskModule", "TaskInference"]
 
-TaskInference = Literal["none", "oneshot", "binary"]
+TaskInference = Literal["none", "oneshot", "binary", "exhaustive"]
 
 
 class SupermaskModule(ContinualModule):
@@ -38,7 +38,9 @@ class SupermaskModule(ContinualModule):
         density_mode: ``"uniform"`` or ``"erdos_renyi"`` (SupSup GG).
         er_scale: Erdős–Rényi scale ``s``.
         seed: Seed of the signed-constant weights and of every task's initial scores.
-        task_inference: ``"none"`` (task ids from the batch), ``"oneshot"`` or ``"binary"`` (inferred at test).
+        task_inference: ``"none"`` (task ids from the batch), ``"oneshot"`` or ``"binary"`` (inferred at test from
+            the entropy gradient over superposed masks, spec §9), or ``"exhaustive"`` (the task whose own mask gives
+            the lowest entropy: one forward pass per learned task, exact where one-shot is a first-order guess).
         bn_infer: BatchNorm statistics during the superposed inference pass (``"batch"``: the batch's own, so a
             one-example batch falls back to ``"mixture"``: the α-weighted per-task statistics).
         faithful: Reproduce the official code where spec §13 marks a row F.
@@ -54,7 +56,7 @@ class SupermaskModule(ContinualModule):
                  weight_decay: float = 0.0) -> None:
         super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
         _check_choice("density_mode", density_mode, ("uniform", "erdos_renyi"))
-        _check_choice("task_inference", task_inference, ("none", "oneshot", "binary"))
+        _check_choice("task_inference", task_inference, ("none", "oneshot", "binary", "exhaustive"))
         _check_choice("bn_infer", bn_infer, ("batch", "mixture"))
         if not 0.0 < density <= 1.0:
             raise ConfigError(f"density must be in (0, 1], got {density}")
@@ -63,7 +65,7 @@ class SupermaskModule(ContinualModule):
         if backbone is not None and not isinstance(backbone, MaskedBackbone):
             raise ConfigError(f"{type(self).__name__} needs a masked backbone (strategies.supsup.MaskedMLP, MaskedCNN "
                               f"or MaskedGEMResNet18), got {type(backbone).__name__}")
-        if faithful and task_inference != "none" and bn_infer == "batch":
+        if faithful and task_inference in ("oneshot", "binary") and bn_infer == "batch":
             raise ConfigError("faithful task inference uses one example, so bn_infer='batch' cannot normalise it; "
                               "set bn_infer='mixture'")
         self.mask_cfg = (density, density_mode, er_scale, seed)
@@ -137,6 +139,9 @@ class SupermaskModule(ContinualModule):
         """The learned task whose mask most lowers the output entropy of ``x`` (one batch of one task)."""
         tasks = list(self.learned)
         width = max(self.classes_per_task[t] for t in tasks)
+        if self.hparams.task_inference == "exhaustive":
+            with torch.no_grad():
+                return infer_task_exhaustive(lambda task: self.task_logits(x, task), tasks)
         with torch.inference_mode(False), torch.enable_grad():
             xs = x[:1].clone() if self.hparams.faithful else x.clone()  # official: first example only
             # batch statistics need two examples: a one-example batch (a test set's last) uses the stored ones

@@ -31,7 +31,7 @@ class SupSup(SupermaskModule):
         density_mode: ``"uniform"`` or ``"erdos_renyi"`` (the GG setting of the paper).
         er_scale: Erdős–Rényi scale ``s`` (higher = denser).
         seed: Seed of the fixed weights and of the tasks' initial scores.
-        task_inference: ``"none"``, ``"oneshot"`` or ``"binary"``.
+        task_inference: ``"none"``, ``"oneshot"``, ``"binary"`` or ``"exhaustive"``.
         bn_infer: BatchNorm statistics in the superposed pass: ``"batch"`` or ``"mixture"``.
         faithful: Official behaviour where spec §13 marks a row F (one example for task inference).
         lr: Score learning rate (Adam, cosine schedule over the experience's epochs).

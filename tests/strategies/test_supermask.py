@@ -21,7 +21,7 @@ from strategies._supermask import (
     union_bits,
     unpack_bits,
 )
-from strategies._task_inference import infer_task_binary, infer_task_oneshot, mean_entropy
+from strategies._task_inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -294,3 +294,15 @@ def test_oneshot_and_binary_pick_lowest_entropy_direction() -> None:
     assert infer_task_oneshot(forward, [0, 1, 2]) in (0, 1, 2)  # only learned tasks are candidates
     uniform = torch.zeros(4, 5)
     assert mean_entropy(uniform) == pytest.approx(math.log(5))
+
+
+def test_exhaustive_inference_picks_the_lowest_normalised_entropy() -> None:
+    confident = torch.tensor([[8.0, 0.0], [0.0, 8.0]])  # 2 classes, nearly certain
+    unsure = torch.zeros(2, 2)  # maximal entropy
+    wide = torch.tensor([[9.0, 0.0, 0.0, 0.0], [0.0, 9.0, 0.0, 0.0]])  # 4 classes, more certain still once normalised
+    logits = {0: unsure, 3: confident, 5: unsure}
+    assert infer_task_exhaustive(logits.__getitem__, [0, 3, 5]) == 3
+    assert infer_task_exhaustive({**logits, 5: wide}.__getitem__, [0, 3, 5]) == 5  # entropy / log C compares widths
+    assert float(mean_entropy(wide)) / math.log(4) < float(mean_entropy(confident)) / math.log(2)
+    with pytest.raises(ValueError, match="at least one"):
+        infer_task_exhaustive(logits.__getitem__, [])

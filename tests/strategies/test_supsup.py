@@ -84,7 +84,8 @@ def test_state_bytes_count_masks_union_and_bn() -> None:
     assert strategy.strategy_state_bytes() == 2 * per_task_bits + per_task_bits + bn_bytes  # masks + union + BN
 
 
-@pytest.mark.parametrize("mode,bn_infer", [("oneshot", "batch"), ("binary", "batch"), ("oneshot", "mixture")])
+@pytest.mark.parametrize("mode,bn_infer", [("oneshot", "batch"), ("binary", "batch"), ("oneshot", "mixture"),
+                                           ("exhaustive", "batch")])
 def test_task_inference_finds_the_task(mode: str, bn_infer: str) -> None:
     stream = _stream()
     strategy = _Spy(lr=0.05, density=0.3, task_inference=mode, bn_infer=bn_infer)
