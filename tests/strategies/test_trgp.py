@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 import pytorch_lightning as pl
 import torch
+import torch.nn.functional as F
 
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP, AlexNetGPM
 from scenarios.toy import ToySplit
 from strategies._trust_region import scaled_weight
 from strategies.gpm import GPM
-from strategies.trgp import TRGP
+from strategies.trgp import TRGP, _input_side_scaling
 from tests.strategies._projection_streams import ReadoutStream, run_stream
 
 
@@ -108,3 +110,46 @@ def test_faithful_fixes_the_third_experience_trust_region_to_task_1() -> None:
     assert scalable and all(sorted(sel) == [0, 1] for sel in scalable)  # both old tasks by default
     assert all(sel in ([1], []) for sel in runs[True][2]) and any(runs[True][2])  # official: old task 1 only
     assert all(len(sel) == 2 for sel in runs[True][3] if sel)  # other experiences select as usual
+
+
+@pytest.mark.parametrize("with_products", [False, True])
+def test_input_side_scaling_equals_the_scaled_weight(with_products: bool) -> None:
+    """Small batches add ((x B)(Q - I)^T)(W B)^T to a Linear's output instead of building W_eff: same values and
+    gradients (for Q, and for W)."""
+    g = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(30, 7, bias=False)
+    bases = [torch.linalg.qr(torch.randn(30, k, generator=g))[0] for k in (4, 6)]
+    x = torch.randn(3, 30, generator=g)
+    results = []
+    for input_side in (True, False):
+        layer.weight.grad = None
+        w = layer.weight
+        qs = [(torch.eye(k) + 0.3 * torch.randn(k, k, generator=torch.Generator().manual_seed(k))).requires_grad_(True)
+              for k in (4, 6)]
+        products = [w.detach() @ b for b in bases] if with_products else None
+        if input_side:
+            y = _input_side_scaling(bases, qs, products)(layer, (x,), F.linear(x, w))
+        else:
+            y = F.linear(x, scaled_weight(w, bases, qs, products))
+        y.square().sum().backward()
+        results.append((y.detach(), w.grad.clone(), [q.grad for q in qs]))
+    (y1, gw1, gq1), (y2, gw2, gq2) = results
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw1, gw2, atol=1e-5, rtol=1e-5)
+    for a, b in zip(gq1, gq2):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_small_and_large_batches_see_the_same_scaled_model() -> None:
+    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
+    strategy = _trgp(eps_proj=0.0)
+    StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+    strategy.eval()
+    x, _, t = stream.experiences[2].test[torch.arange(16)]
+    assert any(isinstance(ref.module, torch.nn.Linear) for ref, *_ in strategy.scaling_terms(2))
+    with torch.no_grad():
+        one_by_one = torch.cat([strategy(x[i: i + 2], t[i: i + 2]) for i in range(0, 16, 2)])  # input side
+        strategy._in_scaled_call = True  # the plain W_eff route for comparison
+        exact = torch.func.functional_call(strategy, strategy.effective_weights(2), (x, t))
+        strategy._in_scaled_call = False
+    torch.testing.assert_close(one_by_one, exact, atol=1e-5, rtol=1e-5)
