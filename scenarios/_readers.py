@@ -6,8 +6,11 @@ and nothing here downloads. ``fetch_*`` helpers call torchvision with ``download
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import pickle
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from clkit.errors import DataError
 from scenarios._files import missing_data_error, require_files
 
 __all__ = [
@@ -39,17 +43,35 @@ CIFAR_FILES = {
 }
 
 
+@contextlib.contextmanager
+def _intact(path: Path) -> Iterator[None]:
+    """Turn a read failure of an existing file (cut short by an interrupted copy or download) into one DataError."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, EOFError, ValueError, pickle.UnpicklingError, zlib.error) as err:
+        detail = (str(err).splitlines() or [""])[0]
+        raise DataError(f"{path} is truncated or corrupt ({type(err).__name__}: {detail}); delete it and copy or "
+                        "download it again") from None
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (the MNIST format), plain or ``.gz``, as a numpy array."""
+    """An IDX file (the MNIST format), plain or ``.gz``, as a numpy array.
+
+    Raises:
+        DataError: If the file is not a complete IDX file.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path} is not an IDX file")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    dtype = np.dtype(_IDX_DTYPES[raw[2]])
-    return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
+    with _intact(path):
+        with opener(path, "rb") as f:
+            raw = f.read()
+        if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+            raise ValueError("not an IDX file")
+        ndim = raw[3]
+        dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
+        dtype = np.dtype(_IDX_DTYPES[raw[2]])
+        return np.frombuffer(raw, dtype=dtype, offset=4 + 4 * ndim).reshape(tuple(int(d) for d in dims))
 
 
 def _find_idx(folder: Path, name: str) -> Path:
@@ -104,8 +126,12 @@ def read_svhn(root: Path, train: bool, dataset: str) -> tuple[Tensor, Tensor]:
 
 
 def read_pickle(path: Path) -> Any:
-    """A python pickle written by python 2 or 3 (bytes keys kept as bytes)."""
-    with open(path, "rb") as f:
+    """A python pickle written by python 2 or 3 (bytes keys kept as bytes).
+
+    Raises:
+        DataError: If the file is truncated or not a pickle.
+    """
+    with _intact(path), open(path, "rb") as f:
         return pickle.load(f, encoding="bytes")
 
 

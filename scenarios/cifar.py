@@ -15,15 +15,19 @@ from torch import Tensor
 
 from scenarios._base import SplitImages
 from scenarios._files import downloading
-from scenarios._readers import read_cifar
+from scenarios._readers import CIFAR_FILES, read_cifar
 
 __all__ = ["SplitCIFAR10", "SplitCIFAR100", "load_cifar"]
 
 
 def load_cifar(root: Path, which: str, download: bool,
                dataset: str) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], list[str]]:
-    """``((x_train, y_train), (x_test, y_test), class_names)`` of ``which`` in {"cifar10", "cifar100"}."""
-    if download:
+    """``((x_train, y_train), (x_test, y_test), class_names)`` of ``which`` in {"cifar10", "cifar100"}; ``download``
+    fetches missing files with torchvision (files already there are read as they are)."""
+    folder, train_files, test_files, _ = CIFAR_FILES[which]
+    meta = "batches.meta" if which == "cifar10" else "meta"
+    present = all((root / folder / f).is_file() for f in (*train_files, *test_files, meta))
+    if download and not present:
         from torchvision import datasets
 
         cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100

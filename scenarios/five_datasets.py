@@ -143,7 +143,7 @@ class FiveDatasets(FileScenario):
             train, test, _ = load_cifar(root, "cifar10", self.download, "CIFAR-10 (5-Datasets)")
             return train, test
         if name == "svhn":
-            if self.download:
+            if self.download and not all((root / f"{s}_32x32.mat").is_file() for s in ("train", "test")):
                 from torchvision.datasets import SVHN
 
                 with downloading("SVHN (5-Datasets)", root):

@@ -19,7 +19,7 @@ from clkit.data import Experience, TensorData
 from clkit.errors import ConfigError, DataError
 from scenarios._base import FileScenario, SplitImages, check_setting, with_transforms
 from scenarios._files import downloading
-from scenarios._readers import read_mnist
+from scenarios._readers import MNIST_FILES, read_mnist
 from scenarios._transforms import ImageBatch
 from scenarios.avalanche import materialise
 
@@ -32,8 +32,11 @@ _EXPECTED = ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/train-labels-idx1-u
 
 def load_mnist(root: Path, download: bool, folder: str = "MNIST",
                dataset: str = "MNIST") -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """MNIST-format train and test sets under ``root/<folder>/raw``; ``download`` fetches them with torchvision."""
-    if download:
+    """MNIST-format train and test sets under ``root/<folder>/raw``; ``download`` fetches missing files with
+    torchvision (files already there are read as they are: a damaged one is reported, not re-fetched)."""
+    raw = root / folder / "raw"
+    present = all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for pair in MNIST_FILES.values() for n in pair)
+    if download and not present:
         from torchvision import datasets
 
         cls = datasets.FashionMNIST if folder == "FashionMNIST" else datasets.MNIST

@@ -155,7 +155,7 @@ def test_split_arguments_are_validated() -> None:
         CORe50(run=12)
 
 
-def test_download_flag_asks_torchvision(fake_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_flag_asks_torchvision(fake_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torchvision.datasets
 
     calls: list[dict] = []
@@ -167,8 +167,24 @@ def test_download_flag_asks_torchvision(fake_root: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(torchvision.datasets, "MNIST", Recorder)
     assert len(SplitMNIST(dataset_root=str(fake_root)).experiences) == 5 and calls == []
     assert len(SplitMNIST(dataset_root=str(fake_root), download=True).experiences) == 5
-    assert calls == [{"root": str(fake_root), "train": True, "download": True},
-                     {"root": str(fake_root), "train": False, "download": True}]
+    assert calls == []  # the files are there: read as they are, nothing fetched
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError, match="MNIST not found"):  # the stub fetches nothing, so the read still fails
+        _ = SplitMNIST(dataset_root=str(empty), download=True).experiences
+    assert calls == [{"root": str(empty), "train": True, "download": True},
+                     {"root": str(empty), "train": False, "download": True}]
+
+
+def test_a_damaged_file_is_one_clear_error(fake_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.copytree(fake_root / "MNIST", tmp_path / "MNIST")
+    images = next((tmp_path / "MNIST" / "raw").glob("train-images-idx3-ubyte*"))
+    images.write_bytes(images.read_bytes()[:100])  # an interrupted copy
+    for download in (False, True):  # with download: true the damaged file is reported too, not blamed on a fetch
+        with pytest.raises(DataError, match="truncated or corrupt") as err:
+            _ = SplitMNIST(dataset_root=str(tmp_path), download=download).experiences
+        assert images.name in str(err.value) and "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("cls", [SplitMNIST, SplitCIFAR100])
