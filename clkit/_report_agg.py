@@ -158,9 +158,16 @@ def _strategy_label(run: SweepRun) -> str:
     label = run.labels.get("model")
     if not label:
         return _class_name(run, "strategy")
-    own = str(run.results["strategy"]) if run.results is not None else ""
     name = label.split("(", 1)[0]
+    own = str(run.results["strategy"]) if run.results is not None else _registered_label(name)
     return own + label[len(name):] if own.startswith(name) and own != name else label
+
+
+def _registered_label(name: str) -> str:
+    """The ``LABEL`` of a clkit strategy class called ``name`` (for runs without results yet), else ``name``."""
+    import strategies
+
+    return next((str(cls.LABEL) for cls in strategies.STRATEGIES if cls.__name__ == name and cls.LABEL), name)
 
 
 def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[list[str], list[Group]]:

@@ -54,8 +54,10 @@ def _captured(path: Path) -> Iterator[None]:
 
 def _completed_experiences(run_dir: Path) -> int:
     """Experiences with a checkpoint, if the run can be resumed (its fit-written ``config.yaml`` exists), else 0."""
-    ckpts = [int(p.stem[3:]) for p in (run_dir / "checkpoints").glob("exp*.pt") if p.stem[3:].isdigit()]
-    return max(ckpts) + 1 if ckpts and (run_dir / "config.yaml").is_file() else 0
+    from clkit.loop import experience_checkpoints
+
+    ckpts = experience_checkpoints(run_dir / "checkpoints")
+    return int(ckpts[-1].stem[3:]) + 1 if ckpts and (run_dir / "config.yaml").is_file() else 0
 
 
 def _fresh(run_dir: Path) -> None:

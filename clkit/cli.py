@@ -235,9 +235,11 @@ def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
 
 def _earlier_run(run_dir: Path) -> list[str]:
     """What in ``run_dir`` belongs to a run that finished or got past an experience (config/logs alone do not)."""
+    from clkit.loop import experience_checkpoints
+
     found = [name for name in ("results.json", "results.partial.json") if (run_dir / name).is_file()]
-    ckpts = sorted((run_dir / "checkpoints").glob("exp*.pt"), key=lambda p: int(p.stem[3:]))
-    return found + ([f"checkpoints/{ckpts[0].name}..{ckpts[-1].name}"] if ckpts else [])
+    names = [p.name for p in experience_checkpoints(run_dir / "checkpoints")]
+    return found + ([f"checkpoints/{names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")] if names else [])
 
 
 def _resolved_config(cli: Any) -> dict[str, Any]:
@@ -253,6 +255,8 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
     from clkit.results import write_text_atomic
 
     path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{'--resume' if resuming else '--run_dir'} {run_dir} is a file, not a run directory")
     if resuming:
         if not run_dir.is_dir():
             raise ConfigError(f"--resume {run_dir}: no such run directory")
@@ -261,8 +265,10 @@ def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None
             diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
             if set(diff) & {"model", "data", "seed_everything"}:
                 raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.yaml in {diff}")
-            if diff:
+            if diff and not (run_dir / "results.json").is_file():
                 print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
+        if (run_dir / "results.json").is_file():
+            raise ConfigError(f"--resume {run_dir}: that run has finished (results.json); nothing to resume")
         return
     earlier = _earlier_run(run_dir)
     if earlier:  # its checkpoints would be mixed with this run's, and --resume would load them

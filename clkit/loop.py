@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from clkit.data import ContinualDataModule
 from clkit.errors import ConfigError
 from clkit.module import ContinualModule
 
-__all__ = ["StreamRun", "TrainerFactory", "fit_stream", "trainer_factory"]
+__all__ = ["StreamRun", "TrainerFactory", "experience_checkpoints", "fit_stream", "trainer_factory"]
 
 TrainerFactory = Callable[..., pl.Trainer]  # make_trainer(experience_index, **overrides) -> Trainer
 
@@ -153,9 +154,7 @@ class StreamRun:
         os.replace(tmp, path)  # atomic: a killed run never leaves a half-written checkpoint
 
     def latest_checkpoint(self) -> Optional[Path]:
-        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
-            return None
-        found = sorted(self.checkpoint_dir.glob("exp*.pt"), key=lambda p: int(p.stem[3:]))
+        found = [] if self.checkpoint_dir is None else experience_checkpoints(self.checkpoint_dir)
         return found[-1] if found else None
 
     def _resume(self) -> int:
@@ -172,6 +171,14 @@ class StreamRun:
         self.wall_seconds = float(ckpt["wall_seconds"])
         _set_rng_state(ckpt["rng"])
         return int(ckpt["experience"]) + 1
+
+
+def experience_checkpoints(folder: Path) -> list[Path]:
+    """``exp{i}.pt`` files in ``folder`` in experience order (other files, e.g. ``exp_old.pt``, are not ours)."""
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("exp*.pt") if re.fullmatch(r"exp\d+", p.stem)]
+    return sorted(found, key=lambda p: int(p.stem[3:]))
 
 
 def _rng_state() -> dict[str, Any]:

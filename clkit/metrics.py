@@ -6,6 +6,8 @@ the test data of experience ``j``; ``b`` holds the accuracies of the untrained m
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torchmetrics
 from torch import Tensor
@@ -51,6 +53,12 @@ class AccuracyMatrix(torchmetrics.Metric):
         """Add a batch of predicted labels ``preds`` (N,) against ``target`` (N,) to cell (train_exp, eval_exp)."""
         self.correct[train_exp, eval_exp] += (preds == target).sum().to(self.correct.dtype)
         self.total[train_exp, eval_exp] += target.numel()
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if bool((self.total > 0).any()):  # restored counts (a resumed run) are updates: compute() need not warn
+            self._update_count = max(self._update_count, 1)
+            self._computed = None
 
     def compute(self) -> Tensor:
         out = self.correct / self.total

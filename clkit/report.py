@@ -152,7 +152,7 @@ def sweep_report(paths: list[Path], out: Path | None = None, over: list[str] | N
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clkit report", exit_on_error=False,
+    p = argparse.ArgumentParser(prog="clkit report", exit_on_error=False, allow_abbrev=False,
                                 description="Tables of runs, or the aggregated report of sweep directories.")
     p.add_argument("paths", nargs="+", help="run directories / results.json files, or sweep directories")
     p.add_argument("--out", default=None, help="where a sweep report goes (default: the first sweep directory)")

@@ -111,7 +111,7 @@ def _execute(spec: SweepSpec, runs: list[RunSpec], todo: list[RunSpec], counts: 
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clkit sweep", exit_on_error=False,
+    p = argparse.ArgumentParser(prog="clkit sweep", exit_on_error=False, allow_abbrev=False,
                                 description="Run a grid of clkit fit experiments (see docs/sweeps.md).")
     p.add_argument("sweep_file", help="the sweep YAML (base, overrides, grid, sweep_dir)")
     p.add_argument("--workers", type=int, default=1, help="worker processes; 0 = run in this process (default 1)")

@@ -30,7 +30,7 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clkit ibcl-generate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="clkit ibcl-generate", description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--run", required=True, type=Path, help="run directory of an IBCL run")
     p.add_argument("--checkpoint", type=Path, default=None, help="checkpoint (default: the run's latest)")
     p.add_argument("--preference", type=float, nargs="+", required=True, help="weights over tasks 0..i, sum 1")

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from clkit.errors import ConfigError
+from clkit.loop import experience_checkpoints
 from clkit.nets import Backbone
 from strategies._bayes import to_sequential
 from strategies._credal import KnowledgeBase
@@ -79,7 +80,7 @@ def load_ibcl(cls: type[IBCL], path: Path, backbone: Backbone | None = None) -> 
 
 
 def _latest(run_dir: Path) -> Path:
-    ckpts = sorted((run_dir / "checkpoints").glob("exp*.pt"), key=lambda p: int(p.stem[3:]))
+    ckpts = experience_checkpoints(run_dir / "checkpoints")
     if not ckpts:
         raise ConfigError(f"no checkpoints in {run_dir / 'checkpoints'}")
     return ckpts[-1]

@@ -85,6 +85,22 @@ def test_a_run_directory_is_not_reused_without_resume(tmp_path: Path, capsys: py
     assert ((tmp_path / "results.json").read_bytes(), (tmp_path / "config.yaml").read_bytes()) == before
 
 
+def test_odd_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["fit", "--run_dir", str(tmp_path / "run"), *PERMUTED])
+    (tmp_path / "file").write_text("")
+    cases = [(["--resume", str(tmp_path / "run")], "has finished"),  # a finished run is left alone
+             (["--run_dir", str(tmp_path / "file")], "is a file")]
+    for args, needle in cases:
+        with pytest.raises(SystemExit) as exc:
+            main(["fit", *args, *PERMUTED])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and needle in err, err
+    stray = tmp_path / "other"
+    (stray / "checkpoints").mkdir(parents=True)
+    (stray / "checkpoints" / "exp_old.pt").write_text("not ours")  # not an experience checkpoint: ignored
+    assert (main(["fit", "--run_dir", str(stray), *PERMUTED]) is None) and (stray / "results.json").is_file()
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--model", "strategies.Nope"], "Nope"),
     (["--model", "GPMM"], "valid strategies: CUBER, EWC, GPM,"),

@@ -147,6 +147,9 @@ def test_a_strategy_keeps_its_own_label_in_sweep_tables(tmp_path: Path) -> None:
 
     runs = [run("CUBER", "CUBER (clkit reconstruction)"), run("CUBER(eps_corr=0.1)", "CUBER (clkit reconstruction)"),
             run("GPM", "GPM")]
-    _, groups = group_runs(["model"], runs, [])
+    pending = SweepRun(run_id="cut", run_dir=tmp_path, labels={"model": "CUBER"}, state="pending",
+                       names={"strategy": "CUBER", "scenario": "ToySplit"})
+    _, groups = group_runs(["model"], [*runs, pending], [])
     assert [g.labels["strategy"] for g in groups] == [
         "CUBER (clkit reconstruction)", "CUBER (clkit reconstruction)(eps_corr=0.1)", "GPM"]
+    assert len(groups[0].runs) == 2  # a run without results yet joins its strategy's row

@@ -237,7 +237,8 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
             break
         time.sleep(0.02)
     assert proc.poll() is None and done and cut, "the sweep ended before it could be killed mid-run"
-    workers = [read_json(d / ".lock")["pid"] for d in cut if (d / ".lock").exists()]
+    locks = [read_json(d / ".lock") for d in dirs if (d / ".lock").exists()]  # every busy worker, cut run or not
+    workers = [lock["pid"] for lock in locks if lock is not None]
     proc.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop by themselves
     proc.wait()
     for pid in workers:
