@@ -92,12 +92,10 @@ def _default_config() -> str:
 
 
 def _build_cli(args: list[str]) -> Any:
-    import pytorch_lightning as pl
-    from jsonargparse import ArgumentParser
     from pytorch_lightning.cli import LightningCLI
 
-    import scenarios
-    import strategies
+    import scenarios  # noqa: F401  (imported so that short class names such as --data SplitDigits resolve)
+    import strategies  # noqa: F401  (likewise --model GPM)
     from clkit.data import ContinualDataModule
     from clkit.module import ContinualModule
 

@@ -53,8 +53,14 @@ def main(argv: Optional[list[str]] = None) -> Path:
     p.add_argument("--test", type=int, default=1000, help="images kept for the test split")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    with gzip.open(_csv_path(args.csv), "rt") as f:
+    csv = _csv_path(args.csv)
+    if not csv.is_file():
+        raise SystemExit(f"mnist_subset: {csv} not found")
+    with gzip.open(csv, "rt") as f:
         rows = np.loadtxt(f, delimiter=",")  # (N, 785): 784 pixels, then the label
+    if not 0 < args.test < len(rows):
+        raise SystemExit(f"mnist_subset: --test {args.test} must leave both splits non-empty (the file has "
+                         f"{len(rows)} images)")
     images, labels = rows[:, :-1].reshape(-1, 28, 28), rows[:, -1]  # (N, 784) -> (N, 28, 28)
     order = np.random.RandomState(args.seed).permutation(len(labels))
     images, labels = images[order], labels[order]
