@@ -143,8 +143,10 @@ class EvalBatches:
         return (self._data[idx] for idx in self._order)
 
 
-def split_train_val(data: TensorData, val_fraction: float, seed: int) -> tuple[TensorData, Optional[TensorData]]:
-    """Split at random (seeded) into train and validation parts; ``val_fraction == 0`` gives no validation part.
+def split_train_val(data: TensorData, val_fraction: float, seed: int,
+                    first: bool = False) -> tuple[TensorData, Optional[TensorData]]:
+    """Split at random (seeded; ``first=True``: the first samples) into train and validation parts;
+    ``val_fraction == 0`` gives no validation part.
 
     Raises:
         DataError: If the fraction is outside [0, 1) or leaves an empty part.
@@ -157,7 +159,7 @@ def split_train_val(data: TensorData, val_fraction: float, seed: int) -> tuple[T
     n_val = int(round(val_fraction * n))
     if n_val == 0 or n_val == n:
         raise DataError(f"val_fraction={val_fraction} of {n} samples leaves an empty train or validation split")
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    perm = torch.arange(n) if first else torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return data.subset(perm[n_val:]), data.subset(perm[:n_val])
 
 
@@ -175,18 +177,24 @@ class ContinualDataModule(pl.LightningDataModule):
         eval_batch_size: Batch size for validation and test.
         task_order: Explicit order of the experiences (a permutation of ``range(n)``).
         shuffle_tasks: Shuffle the experience order with ``seed`` (ignored when ``task_order`` is given).
+        val_split: ``"random"`` (seeded) or ``"first"`` (the first ``val_fraction`` of each experience's training
+            data, as the GPM permuted-MNIST protocol).
     """
 
     setting: Setting = "class-il"
     task_ids_at_test: bool = False
 
     def __init__(self, *, seed: int = 0, val_fraction: float = 0.1, batch_size: int = 64, eval_batch_size: int = 256,
-                 task_order: Optional[list[int]] = None, shuffle_tasks: bool = False) -> None:
+                 task_order: Optional[list[int]] = None, shuffle_tasks: bool = False,
+                 val_split: Literal["random", "first"] = "random") -> None:
         super().__init__()
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
+        if val_split not in ("random", "first"):
+            raise ConfigError(f"val_split={val_split!r} is not one of ['random', 'first']")
         self.seed = seed
         self.val_fraction = val_fraction
+        self.val_split = val_split
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.task_order = task_order
@@ -245,7 +253,8 @@ class ContinualDataModule(pl.LightningDataModule):
     def make_experience(self, index: int, classes: Sequence[int], train: TensorData, test: TensorData,
                         name: str = "") -> Experience:
         """An experience with the seeded validation split carved from ``train``."""
-        tr, val = split_train_val(train, self.val_fraction, seed=self.seed * 7919 + index)
+        tr, val = split_train_val(train, self.val_fraction, seed=self.seed * 7919 + index,
+                                  first=self.val_split == "first")
         return Experience(index, index, tuple(int(c) for c in classes), tr, val, test, name)
 
     def _reorder(self, exps: list[Experience]) -> list[Experience]:

@@ -185,7 +185,8 @@ class FeatureStream(ContinualDataModule):
             train, test = _tensor_data(e["train"], f"{where} train", i), _tensor_data(e["test"], f"{where} test", i)
             val = None if e.get("val") is None else _tensor_data(e["val"], f"{where} val", i)
             if val is None:  # the file's own validation part wins; val_fraction only fills in missing ones
-                train, val = split_train_val(train, self.val_fraction, seed=self.seed * 7919 + i)
+                train, val = split_train_val(train, self.val_fraction, seed=self.seed * 7919 + i,
+                                             first=self.val_split == "first")
             classes = e.get("classes") or sorted(int(c) for c in train.y.unique())
             out.append(Experience(i, i, tuple(int(c) for c in classes), train, val, test, e.get("name") or ""))
         if len({tuple(e.train.x.shape[1:]) for e in out}) != 1:

@@ -85,3 +85,17 @@ def test_single_experience_stream() -> None:
     run = StreamRun(Naive(lr=0.1), ToySplit(num_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3))
     acc = run.run()
     assert acc.shape == (1, 1) and run.random_init_accuracy.shape == (1,) and float(acc[0, 0]) > 0.6
+
+
+def test_val_split_first_holds_out_the_first_samples() -> None:
+    from scenarios.toy import ToySplit
+
+    whole = ToySplit(num_experiences=2, val_fraction=0.0).experiences
+    first = ToySplit(num_experiences=2, val_fraction=0.25, val_split="first").experiences
+    rand = ToySplit(num_experiences=2, val_fraction=0.25).experiences
+    for w, f, r in zip(whole, first, rand):
+        n_val = len(f.val)  # type: ignore[arg-type]
+        assert torch.equal(f.val.x, w.train.x[:n_val]) and torch.equal(f.train.x, w.train.x[n_val:])  # type: ignore
+        assert len(r.val) == n_val and not torch.equal(r.val.x, f.val.x)  # type: ignore[union-attr]
+    with pytest.raises(ConfigError, match="val_split='last'"):
+        ToySplit(val_split="last")  # type: ignore[arg-type]

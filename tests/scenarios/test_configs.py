@@ -13,7 +13,7 @@ CONFIGS = sorted((ROOT / "configs" / "data").glob("*.yaml")) + sorted((ROOT / "c
 
 PROTOCOLS: dict[str, dict[str, Any]] = {  # file -> (class name, init args the protocol fixes)
     "data/pmnist.yaml": {"cls": "PermutedMNIST", "n_experiences": 10, "setting": "domain-il", "val_fraction": 0.1,
-                         "batch_size": 10},
+                         "val_split": "first", "batch_size": 10},
     "data/cifar100_10split.yaml": {"cls": "SplitCIFAR100", "n_experiences": 10, "setting": "task-il", "augment": False,
                                    "shuffle_classes": False, "val_fraction": 0.05},
     "data/five_datasets.yaml": {"cls": "FiveDatasets", "val_fraction": 0.05, "setting": "task-il"},

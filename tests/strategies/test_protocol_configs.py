@@ -40,6 +40,7 @@ def test_projection_protocol_configs_follow_the_spec(method: str, bench: str) ->
     cli = _build_cli(["--config", str(CONFIGS[0].parent / f"{method}_{bench}.yaml")])
     hp, dm = cli.model.hparams, cli.datamodule
     assert type(dm).__name__ == data and dm.batch_size == (10 if bench == "pmnist" else 64)
+    assert dm.val_split == ("first" if bench == "pmnist" else "random")
     assert hp.threshold == threshold and hp.lr == lr and hp.test_passes == passes and hp.seed == seed
     assert cli.trainer.max_epochs == epochs and hp.momentum == 0.0 and hp.optimizer == "sgd"
     if factor is not None:
