@@ -8,7 +8,6 @@ overrides), built with ``run=False``: it parses and instantiates ``model`` (a st
 from __future__ import annotations
 
 import copy
-import re
 import sys
 import warnings
 from datetime import datetime
@@ -18,6 +17,7 @@ from typing import Any, NoReturn, Optional
 
 import yaml
 
+from clkit._cli_errors import first_line
 from clkit.errors import ClkitError, ConfigError
 
 __all__ = ["main", "run_fit"]
@@ -118,61 +118,13 @@ def _build_cli(args: list[str]) -> Any:
     except ClkitError:
         raise
     except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
-        raise ConfigError(_first_line(err)) from None
+        raise ConfigError(first_line(err)) from None
     except Exception as err:  # jsonargparse's ArgumentError and friends
         if type(err).__name__ in ("ArgumentError", "ParserError", "NSKeyError", "ScannerError"):
-            raise ConfigError(_first_line(err)) from None
+            raise ConfigError(first_line(err)) from None
         raise
     finally:
         sys.argv = argv
-
-
-_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value",
-          "Expected a <class 'NoneType'>", "Expected a path but")
-
-
-def _first_line(err: BaseException) -> str:
-    """Condense a jsonargparse error into one line: keep what names the bad value, drop the union noise."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    kept = [ln.lstrip("- ").rstrip(":") for ln in lines if not ln.lstrip("- ").startswith(_NOISE)]
-    text = ": ".join(kept) if kept else type(err).__name__
-    return _with_valid_values(text)
-
-
-def _with_valid_values(text: str) -> str:
-    """Append what would have been valid: the classes for a bad class name, the arguments for a bad argument."""
-    section = re.search(r'Parser key "(model|data)"', text)
-    if "has no attribute" in text or "Expected a dot import path" in text:
-        packages = {"model": ["strategies"], "data": ["scenarios"]}.get(section.group(1) if section else "",
-                                                                         ["strategies", "scenarios"])
-        text += "".join(f" (valid {p}: {', '.join(_names(p))})" for p in packages)
-    elif "is not accepted" in text and (path := re.search(r"class_path '([\w.]+)'", text)):
-        text += f" (valid arguments of {path.group(1).rsplit('.', 1)[-1]}: {', '.join(_init_args(path.group(1)))})"
-    elif text.startswith("unrecognized arguments: --trainer."):
-        import pytorch_lightning as pl
-
-        text += f" (valid trainer keys: {', '.join(_init_args(pl.Trainer))})"
-    return text if len(text) < 1600 else text[:1600] + " ..."
-
-
-def _init_args(target: Any) -> list[str]:
-    """Keyword arguments of a class's constructor (``target``: the class or its dotted path)."""
-    import importlib
-    import inspect
-
-    if isinstance(target, str):
-        module, _, name = target.rpartition(".")
-        target = getattr(importlib.import_module(module), name)
-    params = inspect.signature(target.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-
-def _names(package: str) -> list[str]:
-    """Public classes of ``package`` by the short names ``--model``/``--data`` accept (``GPM``, ``SplitDigits``)."""
-    import importlib
-
-    return [n for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
-            and n != "STRATEGIES"]
 
 
 def run_fit(args: list[str]) -> Path:
