@@ -27,10 +27,10 @@ import torch
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.toy import ToySplit
-from strategies._masked_nets import MaskedGEMResNet18
-from strategies.exssnet import ExSSNeT
+from strategies.supermask.nets import MaskedGEMResNet18
+from strategies.supermask.exssnet import ExSSNeT
 from strategies.naive import Naive
-from strategies.supsup import MaskedCNN, MaskedMLP, SupSup
+from strategies.supermask.supsup import MaskedCNN, MaskedMLP, SupSup
 
 
 class _RandomImages(ContinualDataModule):

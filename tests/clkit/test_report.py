@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from clkit._report_agg import Group, SweepRun, group_runs
+from clkit.cli.aggregate import Group, SweepRun, group_runs
 from clkit.errors import DataError
-from clkit.plots import mean_matrix
-from clkit.report import main, sweep_report
+from clkit.cli.plots import mean_matrix
+from clkit.cli.report import main, sweep_report
 
 ORDERS = ([0, 1], [1, 0])
 

@@ -17,13 +17,13 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 
-from clkit._sweep_plan import expand, load_sweep, merge_value
-from clkit._sweep_state import acquire_lock, read_json, release_lock
-from clkit.cli import run_fit
+from clkit.cli.sweep_plan import expand, load_sweep, merge_value
+from clkit.cli.sweep_state import acquire_lock, read_json, release_lock
+from clkit.cli.fit import run_fit
 from clkit.errors import ClkitError, ConfigError
-from clkit.report import sweep_report
-from clkit.sweep import main as sweep_main
-from clkit.sweep import parse_shard, plan, run_sweep
+from clkit.cli.report import sweep_report
+from clkit.cli.sweep import main as sweep_main
+from clkit.cli.sweep import parse_shard, plan, run_sweep
 
 NAIVE = {"class_path": "strategies.Naive", "init_args": {"lr": 0.05}}
 EWC = {"class_path": "strategies.EWC", "init_args": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64}}
@@ -268,7 +268,7 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
 
 
 def test_grid_labels_name_a_class_alike_in_both_forms() -> None:
-    from clkit._sweep_plan import value_label
+    from clkit.cli.sweep_plan import value_label
 
     assert value_label("strategies.GPM") == value_label({"class_path": "strategies.GPM"}) == "GPM"
     assert value_label("scenarios.classic.SplitMNIST") == "SplitMNIST"

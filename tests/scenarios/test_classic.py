@@ -210,7 +210,7 @@ def test_supermask_protocol_net_on_tiny_imagenet_images_forgets_nothing(fake_roo
     """configs/*_splittinyimagenet.yaml: the masked GEMResNet18 runs on 64x64 images (640-d features), task-IL."""
     from clkit.loop import StreamRun, trainer_factory
     from strategies import ExSSNeT
-    from strategies.supsup import MaskedGEMResNet18
+    from strategies.supermask.supsup import MaskedGEMResNet18
 
     stream = SplitTinyImageNet(dataset_root=str(fake_root), n_experiences=2, batch_size=16)
     backbone = MaskedGEMResNet18(nf=4)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from strategies._bayes import (
+from strategies.ibcl.bayes import (
     BayesMLP,
     hidden_sizes,
     kl_diag_gaussians,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from strategies._bayes import segment_lengths
-from strategies._credal import KnowledgeBase, combination_weights, preferences
-from strategies._credal_hdr import (
+from strategies.ibcl.bayes import segment_lengths
+from strategies.ibcl.credal import KnowledgeBase, combination_weights, preferences
+from strategies.ibcl.hdr import (
     build_hdr,
     hdr_box,
     mixture_log_prob,
@@ -18,7 +18,7 @@ from strategies._credal_hdr import (
     sample_mixture_hdr,
     z_value,
 )
-from strategies._credal_metrics import (
+from strategies.ibcl.metrics import (
     average_per_task,
     bt_ibcl,
     oracle_per_task,

@@ -6,9 +6,9 @@ import pytorch_lightning as pl
 import torch
 
 from clkit.nets import MLP
-from strategies._trust_region import orth
-from strategies.cuber import CUBER
-from strategies.gpm import GPM
+from strategies.projection.trust_region import orth
+from strategies.projection.cuber import CUBER
+from strategies.projection.gpm import GPM
 from tests.strategies._projection_streams import ReadoutStream, run_stream
 
 

@@ -11,8 +11,8 @@ import torch
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.toy import ToySplit
-from strategies._supermask import topk_mask, unpack_bits
-from strategies.exssnet import ExSSNeT
+from strategies.supermask.masks import topk_mask, unpack_bits
+from strategies.supermask.exssnet import ExSSNeT
 
 FAST = {"density": 0.3, "mask_epochs": 2, "weight_epochs": 2, "mask_lr": 0.05, "weight_lr": 0.01}
 

@@ -14,11 +14,11 @@ from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP
 from scenarios.toy import ToySplit
-from strategies._projected_net import PlateauDecay
-from strategies.cuber import CUBER
-from strategies.gpm import GPM
+from strategies.projection.layers import PlateauDecay
+from strategies.projection.cuber import CUBER
+from strategies.projection.gpm import GPM
 from strategies.naive import Naive
-from strategies.trgp import TRGP
+from strategies.projection.trgp import TRGP
 from tests.conftest import toy_stream_for
 from tests.strategies._projection_streams import run_stream
 
@@ -156,7 +156,7 @@ def test_early_stopping_restores_the_best_validation_state() -> None:
 
 
 def test_protocol_networks_give_the_spec_representation_shapes() -> None:
-    from clkit.nets import AlexNetGPM, ReducedResNet18
+    from strategies.projection.nets import AlexNetGPM, ReducedResNet18
     from tests.strategies._projection_streams import ImageStream
 
     stream = ImageStream()

@@ -14,12 +14,12 @@ from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.ibcl_toy import RotatingBinary
 from scenarios.toy import ToySplit
-from strategies._bayes import mlp_forward
-from strategies._credal import combination_weights, preferences
-from strategies._credal_cli import main as generate_main
-from strategies._credal_eval import _FAITHFUL, task_accuracies
-from strategies._credal_hdr import mixture_log_prob
-from strategies._credal_plot import pareto_points, plot_pareto
+from strategies.ibcl.bayes import mlp_forward
+from strategies.ibcl.credal import combination_weights, preferences
+from strategies.ibcl.cli import main as generate_main
+from strategies.ibcl.evaluation import _FAITHFUL, task_accuracies
+from strategies.ibcl.hdr import mixture_log_prob
+from strategies.ibcl.plot import pareto_points, plot_pareto
 from strategies.ibcl import IBCL
 
 STDS = [1.0, 1.5, 2.0]
@@ -212,7 +212,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ("ibcl_cifar100_pairs", [2.0, 2.5, 3.0], "FeatureStream"), ("ibcl_20news", [0.2, 0.25, 0.3], "NewsgroupPairs"),
     ("ibcl_tinyimagenet_pairs", [2.0, 2.5, 3.0], "FeatureStream")])
 def test_configs_parse_to_ibcl(name: str, stds: list[float], data: str) -> None:
-    from clkit.cli import _build_cli
+    from clkit.cli.fit import _build_cli
 
     cli = _build_cli(["--config", str(CONFIGS / f"{name}.yaml")])
     assert isinstance(cli.model, IBCL) and cli.model.prior_stds == stds and cli.model.opts.alpha == 0.01
@@ -220,7 +220,7 @@ def test_configs_parse_to_ibcl(name: str, stds: list[float], data: str) -> None:
 
 
 def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from clkit.cli import run_fit
+    from clkit.cli.fit import run_fit
 
     run_dir = run_fit(["--config", str(CONFIGS / "ibcl_digits.yaml"), "--trainer.max_epochs", "1",
                        "--trainer.enable_progress_bar", "false", "--model.init_args.num_preferences", "2",

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strategies._projection import (
+from strategies.projection.basis import (
     capture_inputs,
     conv_representation,
     empty_basis,
@@ -20,7 +20,7 @@ from strategies._projection import (
     thin_svd,
     update_basis,
 )
-from strategies._trust_region import (
+from strategies.projection.trust_region import (
     classify_regimes,
     guarded_gradient,
     orth,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from clkit.cli import _build_cli
-from clkit.nets import ReducedResNet18
+from clkit.cli.fit import _build_cli
+from strategies.projection.nets import ReducedResNet18
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 RESNET_SAMPLES = [10] * 9 + [50] * 4 + [100] * 7  # gradient_projection.md §3: 17 main convs + 3 shortcuts in order
@@ -59,7 +59,7 @@ def test_projection_protocol_configs_follow_the_spec(method: str, bench: str) ->
 def test_sweep_configs_plan_distinct_runs_of_buildable_configs(path: Path, tmp_path: Path) -> None:
     import yaml
 
-    from clkit.sweep import load_sweep, plan
+    from clkit.cli.sweep import load_sweep, plan
 
     runs = plan(load_sweep(path))[0]
     assert len(runs) >= 2 and len({r.run_id for r in runs}) == len(runs)

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from strategies._kkt import choose_sources, knn_accuracy, scores_from_masks, scores_from_sources, subset_indices
-from strategies._masked_layers import MaskedConv2d, MaskedLinear, TaskBatchNorm
-from strategies._masked_model import add_task, freeze_task, layout, restore_layout, set_task, superposed
-from strategies._supermask import (
+from strategies.supermask.kkt import choose_sources, knn_accuracy, scores_from_masks, scores_from_sources, subset_indices
+from strategies.supermask.layers import MaskedConv2d, MaskedLinear, TaskBatchNorm
+from strategies.supermask.model import add_task, freeze_task, layout, restore_layout, set_task, superposed
+from strategies.supermask.masks import (
     count_bits,
     exclusive_bits,
     kept_count,
@@ -21,7 +21,7 @@ from strategies._supermask import (
     union_bits,
     unpack_bits,
 )
-from strategies._task_inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
+from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
 
 
 def _gen(seed: int = 0) -> torch.Generator:

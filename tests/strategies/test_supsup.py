@@ -12,9 +12,9 @@ from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP
 from scenarios.toy import ToySplit
-from strategies._masked_layers import TaskBatchNorm
-from strategies._supermask import kept_count, unpack_bits
-from strategies.supsup import MaskedMLP, SupSup
+from strategies.supermask.layers import TaskBatchNorm
+from strategies.supermask.masks import kept_count, unpack_bits
+from strategies.supermask.supsup import MaskedMLP, SupSup
 
 
 @pytest.fixture(autouse=True, scope="module")

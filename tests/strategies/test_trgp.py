@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from clkit.loop import StreamRun, trainer_factory
-from clkit.nets import MLP, AlexNetGPM
+from clkit.nets import MLP
+from strategies.projection.nets import AlexNetGPM
 from scenarios.toy import ToySplit
-from strategies._trust_region import scaled_weight
-from strategies.gpm import GPM
-from strategies.trgp import TRGP, _input_side_scaling
+from strategies.projection.trust_region import scaled_weight
+from strategies.projection.gpm import GPM
+from strategies.projection.trgp import TRGP, _input_side_scaling
 from tests.strategies._projection_streams import ReadoutStream, run_stream
 
 

@@ -1,0 +1,5 @@
+"""``python -m clkit ...`` is ``clkit ...``."""
+
+from clkit.cli import main
+
+main()

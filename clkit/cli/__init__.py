@@ -1,0 +1,52 @@
+"""The ``clkit`` command line: the face layer above the core.
+
+Only this package (besides ``scripts/``) may import ``strategies`` and ``scenarios``, and only to resolve names. Each
+command lives in its own module and is imported by name when it runs, so ``clkit report`` does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Optional
+
+from clkit.errors import ClkitError, ConfigError
+
+__all__ = ["COMMANDS", "main"]
+
+USAGE = """usage: clkit {fit,report,sweep,ibcl-generate} ...
+
+  clkit fit [--config CFG.yaml] [--key value ...] [--run_dir DIR] [--resume RUN_DIR] [--print_config]
+      run one experiment; without --config, the embedded default (SplitDigits, offline)
+  clkit report RUN_OR_SWEEP_DIR ...
+      print a table of runs (mean ± std over seeds for sweeps)
+  clkit sweep SWEEP.yaml [--workers N] [--shard i/n]
+      run a grid of experiments
+  clkit ibcl-generate --run RUN_DIR --preference W0 W1 ... --out MODEL.pt [--mode select|sample|mean]
+      zero-shot model for a task preference from a finished IBCL run (no training)
+"""
+
+COMMANDS = {
+    "fit": "clkit.cli.fit:run_fit",
+    "report": "clkit.cli.report:main",
+    "sweep": "clkit.cli.sweep:main",
+    "ibcl-generate": "strategies.ibcl.cli:main",
+}
+"""Command name -> ``module:function`` taking the remaining arguments."""
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point of the ``clkit`` console script; user errors print one line and exit with code 2."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if not args or args[0] in ("-h", "--help"):
+            print(USAGE)
+            return
+        command, rest = args[0], args[1:]
+        if command not in COMMANDS:
+            raise ConfigError(f"unknown command {command!r}; valid commands: {', '.join(COMMANDS)}")
+        module, _, function = COMMANDS[command].partition(":")
+        getattr(importlib.import_module(module), function)(rest)
+    except ClkitError as err:
+        print(f"clkit: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

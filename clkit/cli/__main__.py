@@ -1,0 +1,5 @@
+"""``python -m clkit.cli ...`` is ``clkit ...``."""
+
+from clkit.cli import main
+
+main()

@@ -1,0 +1,202 @@
+"""The ``clkit`` command: ``fit`` (one experiment), ``report`` (tables of runs), ``sweep`` (grids of runs).
+
+``clkit fit`` is a LightningCLI in OmegaConf mode (``${...}`` interpolation, resolved after command-line
+overrides), built with ``run=False``: it parses and instantiates ``model`` (a strategy), ``data`` (a scenario) and
+``trainer`` (per-experience settings), then runs :class:`clkit.loop.StreamRun` with a fresh Trainer per experience.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import warnings
+from datetime import datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from clkit.cli.errors import first_line
+from clkit.errors import ClkitError, ConfigError
+
+__all__ = ["run_fit"]
+
+TRAINER_DEFAULTS = {"max_epochs": 5, "enable_checkpointing": False, "enable_model_summary": False}
+
+
+def _default_config() -> str:
+    return str(resources.files("clkit") / "default.yaml")
+
+
+def _build_cli(args: list[str]) -> Any:
+    from pytorch_lightning.cli import LightningCLI
+
+    import scenarios  # noqa: F401  (imported so that short class names such as --data SplitDigits resolve)
+    import strategies  # noqa: F401  (likewise --model GPM)
+    from clkit.data import ContinualDataModule
+    from clkit.module import ContinualModule
+
+    class ClkitCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.add_argument("--run_dir", type=Optional[str], default=None,
+                                help="output directory (default: runs/<strategy>-<scenario>-seed<seed>-<time>)")
+            parser.add_argument("--resume", type=Optional[str], default=None,
+                                help="continue the run in this directory after its last completed experience")
+
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        args = ["--config", _default_config(), *args]
+    argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv and args both hold arguments
+    try:
+        return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                        run=False, auto_configure_optimizers=False, save_config_callback=None,
+                        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
+                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False},
+                        args=args)
+    except ClkitError:
+        raise
+    except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
+        raise ConfigError(first_line(err)) from None
+    except Exception as err:  # jsonargparse's ArgumentError and friends
+        if type(err).__name__ in ("ArgumentError", "ParserError", "NSKeyError", "ScannerError"):
+            raise ConfigError(first_line(err)) from None
+        raise
+    finally:
+        sys.argv = argv
+
+
+def run_fit(args: list[str]) -> Path:
+    """Parse ``clkit fit`` arguments, run the experiment, write the outputs; returns the run directory."""
+    import logging
+
+    from clkit.loop import StreamRun
+    from clkit.results import build_results, partial_results, write_json, write_run_outputs
+
+    # A Trainer per experience would repeat Lightning's start-up notes (devices, tips, "fit stopped") T times.
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # losses are per epoch
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's use of a torch deprecation
+    cli = _build_cli(args)
+    cfg = cli.config
+    model, data = cli.model, cli.datamodule
+    seed = cfg.get("seed_everything")
+    resume = cfg.get("resume")
+    run_dir = Path(resume or cfg.get("run_dir") or _default_run_dir(model, data, seed))
+    config = _resolved_config(cli)
+    _check_config(run_dir, config, resuming=bool(resume))
+    make_trainer, logger = _trainer_factory(cli, run_dir)
+    run = StreamRun(model, data, make_trainer, run_dir=run_dir, logger=logger, verbose=True)
+    try:
+        run.run(resume=bool(resume))
+    except ClkitError as err:
+        if not run.completed or not _is_rank_zero():
+            raise
+        write_json(run_dir / "results.partial.json", partial_results(run, seed=seed, config=config, error=str(err)))
+        raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
+                         f"continue with --resume {run_dir})") from None
+    results = build_results(run, seed=seed, config=config)
+    if not _is_rank_zero():  # under DDP every rank holds the same results; one writes them
+        return run_dir
+    write_run_outputs(run_dir, results)
+    (run_dir / "results.partial.json").unlink(missing_ok=True)
+    m = results["metrics"]
+    print(f"clkit: {results['strategy']} on {results['scenario']}: acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
+          f"fwt {m['fwt']:+.4f}  forgetting {m['forgetting']:.4f}  ({results['wall_seconds']:.1f} s) -> {run_dir}")
+    return run_dir
+
+
+def _is_rank_zero() -> bool:
+    from lightning_fabric.utilities.rank_zero import rank_zero_only
+
+    return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{type(model).__name__}-{type(data).__name__}-seed{seed}-{stamp}"
+    path, n = base, 1
+    while path.exists():  # two runs started in the same second
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
+
+
+def _earlier_run(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` belongs to a run that finished or got past an experience (config/logs alone do not)."""
+    from clkit.loop import experience_checkpoints
+
+    found = [name for name in ("results.json", "results.partial.json") if (run_dir / name).is_file()]
+    names = [p.name for p in experience_checkpoints(run_dir / "checkpoints")]
+    return found + ([f"checkpoints/{names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")] if names else [])
+
+
+def _resolved_config(cli: Any) -> dict[str, Any]:
+    dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
+    config = yaml.safe_load(dumped)
+    for key in ("config", "run_dir", "resume", "print_config"):
+        config.pop(key, None)
+    return config
+
+
+def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
+    """Save the config beside the run; a resumed run must use the same one."""
+    from clkit.results import write_text_atomic
+
+    path = run_dir / "config.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{'--resume' if resuming else '--run_dir'} {run_dir} is a file, not a run directory")
+    if resuming:
+        if not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run directory")
+        if path.is_file():
+            saved = yaml.safe_load(path.read_text())
+            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+            if set(diff) & {"model", "data", "seed_everything"}:
+                raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.yaml in {diff}")
+            if diff and not (run_dir / "results.json").is_file():
+                print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
+        if (run_dir / "results.json").is_file():
+            raise ConfigError(f"--resume {run_dir}: that run has finished (results.json); nothing to resume")
+        return
+    earlier = _earlier_run(run_dir)
+    if earlier:  # its checkpoints would be mixed with this run's, and --resume would load them
+        raise ConfigError(f"--run_dir {run_dir} already holds a run ({', '.join(earlier)}); continue it with "
+                          f"--resume {run_dir}, or choose a new --run_dir (or delete that directory)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if _is_rank_zero():
+        write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
+    """A Trainer per experience from the ``trainer`` section, with fresh copies of the configured callbacks."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ProgressBar
+    from pytorch_lightning.loggers import Logger
+
+    from clkit.logger import StreamCSVLogger
+    from clkit.progress import StreamProgressBar
+
+    section = cli.config_init.get("trainer")
+    kwargs = {k: section[k] for k in section.keys() if "." not in k}
+    pristine = copy.deepcopy(kwargs.pop("callbacks", None) or [])  # stateful callbacks must not leak across experiences
+    logger = kwargs.pop("logger", True)
+    if logger is True or logger is None:
+        logger = StreamCSVLogger(save_dir=str(run_dir))
+    elif not isinstance(logger, (Logger, list)):
+        logger = None
+    kwargs.pop("default_root_dir", None)
+
+    def make_trainer(index: int, **overrides: Any) -> pl.Trainer:
+        if isinstance(logger, StreamCSVLogger):
+            logger.experience = index
+        callbacks = copy.deepcopy(pristine)
+        bar = kwargs.get("enable_progress_bar", True) is not False
+        if bar and not sys.stderr.isatty() and not any(isinstance(c, ProgressBar) for c in callbacks):
+            bar = False  # redirected output: the one summary line per experience, not megabytes of bar redraws
+        elif bar and not any(isinstance(c, ProgressBar) for c in callbacks):
+            callbacks.append(StreamProgressBar())
+        return pl.Trainer(**{**kwargs, "callbacks": callbacks, "logger": logger or False,
+                             "default_root_dir": str(run_dir), "enable_progress_bar": bar, **overrides})
+
+    return make_trainer, (logger[0] if isinstance(logger, list) else logger)
+

@@ -1,0 +1,289 @@
+"""Imprecise Bayesian Continual Learning (Lu, Caprio, Eaton & Lee, arXiv 2305.14782; spec papers/ibcl.md)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from clkit.data import ContinualDataModule, Experience, TensorData
+from clkit.errors import ConfigError
+from clkit.module import ContinualModule
+from clkit.nets import Backbone
+from strategies.ibcl.bayes import BayesMLP, hidden_sizes, layer_sizes, mlp_forward, negative_elbo, segment_lengths
+from strategies.ibcl.credal import KnowledgeBase, stage_seed
+from strategies.ibcl.evaluation import draw_models, evaluate_stage, region, resolve_options, task_accuracies
+from strategies.ibcl.metrics import select_by_validation, stack_stages, standard_bwt
+
+__all__ = ["IBCL"]
+
+log = logging.getLogger(__name__)
+
+
+class IBCL(ContinualModule):
+    """Imprecise Bayesian Continual Learning: a credal set of posteriors, models for any task preference zero-shot.
+
+    Lu, Caprio, Eaton & Lee, "IBCL: Zero-shot Model Generation for Task Trade-offs in Continual Learning",
+    arXiv 2305.14782. Per experience, ``m = len(prior_stds)`` mean-field Gaussian heads (VCL-style chains) are fit
+    by variational inference over frozen features; the knowledge base keeps their posteriors, pruning a posterior
+    within W2 distance ``d`` of a stored one (spec section 5). A preference ``w`` over the seen tasks maps to convex
+    weights over the stored posteriors, then to an HDR at level ``alpha`` from which models are sampled and one is
+    selected on validation data (sections 6-7), with no training.
+
+    Settings: domain-IL only (one shared head, no task id at test). In task-IL every task has its own head, so a
+    convex combination of posteriors over "all tasks" is meaningless; in class-IL a task's posterior has never seen
+    the other tasks' classes, so combining posteriors cannot trade tasks off.
+
+    The accuracy matrix is filled by the model selected on validation data for the **uniform** preference over the
+    tasks seen so far. The preference results (spec section 8) go to ``results.json`` under ``"ibcl"``.
+
+    Args:
+        prior_stds: Standard deviations ``s_j`` of the task-0 priors ``N(0, s_j^2)``; one chain each.
+        model_size: ``"small"`` (logistic regression), ``"normal"`` (64) or ``"large"`` (128-16) head.
+        hidden: Hidden widths overriding ``model_size``.
+        num_preferences: Preferences ``M`` drawn per stage.
+        num_samples: Models ``K`` sampled per preference.
+        alpha: HDR level (``None``: paper 0.01, or the official code's ``0.01`` read as mass when faithful).
+        alpha_convention: ``"paper"`` (mass ``1 - alpha``) or ``"code"`` (``alpha`` is the mass).
+        d: Pruning threshold (``None``: 0 clean, 0.01 faithful).
+        combine: ``"moment_average"`` (official) or ``"mixture"``.
+        mc_samples: Reparameterised samples ``S`` per step (clean objective).
+        n_hdr_samples: Samples estimating the mixture HDR threshold.
+        init_from_prior: Start each fit at the chain's prior instead of a fresh initialisation.
+        seed: Seed of the preferences, the initialisations and the sampled models.
+        faithful: Official-code behaviour for every flag below that is left ``None`` (spec section 10).
+        objective, init, distance, sample_per, selection, preference_kind, eval_drop_last: The section-10 rows.
+        backbone: A frozen feature extractor (its weights are never trained); default none, the flattened inputs
+            are the features, as in the spec's precomputed 512-d feature streams.
+    """
+
+    SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"domain-il"})
+    report_theta: Tensor  # (P,) the model that fills the accuracy matrix
+    prior_mu: Tensor  # (m, P) the chains' priors for the current experience
+    prior_sigma: Tensor  # (m, P)
+
+    def __init__(self, *, prior_stds: Sequence[float] = (0.2, 0.25, 0.3),
+                 model_size: Literal["small", "normal", "large"] = "small", hidden: list[int] | None = None,
+                 num_preferences: int = 10, num_samples: int = 10, alpha: float | None = None,
+                 alpha_convention: Literal["paper", "code"] | None = None, d: float | None = None,
+                 combine: Literal["moment_average", "mixture"] = "moment_average", mc_samples: int = 1,
+                 n_hdr_samples: int = 10_000, init_from_prior: bool = False, seed: int = 0, faithful: bool = False,
+                 objective: Literal["elbo", "official"] | None = None,
+                 init: Literal["standard", "official"] | None = None,
+                 distance: Literal["w2", "official"] | None = None,
+                 sample_per: Literal["coordinate", "tensor"] | None = None,
+                 selection: Literal["validation", "test_oracle"] | None = None,
+                 preference_kind: Literal["dirichlet", "normalized_uniform"] | None = None,
+                 eval_drop_last: bool | None = None, backbone: Backbone | None = None, lr: float = 1e-3,
+                 optimizer: Literal["sgd", "adam"] = "adam", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        self.save_hyperparameters(ignore=["backbone"])
+        if not prior_stds or min(prior_stds) <= 0:
+            raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")
+        if mc_samples < 1:
+            raise ConfigError(f"mc_samples must be >= 1, got {mc_samples}")
+        try:
+            self.hidden = list(hidden) if hidden is not None else list(hidden_sizes(model_size))
+            self.opts = resolve_options(
+                faithful=faithful, alpha=alpha, alpha_convention=alpha_convention, objective=objective, init=init,
+                distance=distance, d=d, combine=combine, sample_per=sample_per, selection=selection,
+                preference_kind=preference_kind, eval_drop_last=eval_drop_last, eval_batch_size=None,
+                num_preferences=num_preferences, num_samples=num_samples, n_hdr_samples=n_hdr_samples)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        self.prior_stds = [float(s) for s in prior_stds]
+        self.seed, self.mc_samples, self.init_from_prior = int(seed), int(mc_samples), bool(init_from_prior)
+        self.posterior: BayesMLP | None = None
+        self.sizes: tuple[int, ...] = ()
+        self.kb = KnowledgeBase()
+        self.stage_results: list[dict[str, Any]] = []
+        self._seen: list[Experience] = []
+        self._n_train = 1
+
+    # -- binding --------------------------------------------------------------------------------------------------
+    def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
+        """Default: no backbone, the (flattened) inputs are the features (IBCL runs on frozen features)."""
+        return nn.Flatten()
+
+    def build_heads(self, in_features: int, num_classes: int) -> nn.ModuleList:
+        out = 1 if num_classes == 2 else num_classes  # binary: one sigmoid logit
+        self.sizes = layer_sizes(in_features, self.hidden, out)
+        init = self.opts.init == "standard"
+        self.posterior = BayesMLP(self.sizes, chains=len(self.prior_stds),
+                                  mu_init="standard" if init else "zero", sigma_init=0.1 if init else 1.0,
+                                  generator=torch.Generator().manual_seed(stage_seed(self.seed, -1)))
+        self.register_buffer("report_theta", self.posterior.mu[0].detach().clone())
+        self.register_buffer("prior_mu", torch.zeros_like(self.posterior.mu), persistent=False)
+        self.register_buffer("prior_sigma", torch.ones_like(self.posterior.mu), persistent=False)
+        return nn.ModuleList()
+
+    def bind(self, stream: ContinualDataModule) -> None:
+        super().bind(stream)
+        for p in self.backbone.parameters() if self.backbone is not None else []:
+            p.requires_grad_(False)  # the backbone is a frozen feature extractor
+        self._seen = list(stream.experiences)
+
+    def train(self, mode: bool = True) -> IBCL:
+        super().train(mode)
+        if self.backbone is not None:
+            self.backbone.eval()  # frozen: no dropout, no batch-norm updates
+        return self
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        assert self.posterior is not None, "call bind(stream) first"
+        return [self.posterior.mu, self.posterior.rho]
+
+    # -- forward --------------------------------------------------------------------------------------------------
+    def features(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return super().features(x).flatten(1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Class logits (N, C) of the reported model (binary: ``[0, z]``, so softmax gives ``sigmoid(z)``)."""
+        z = mlp_forward(self.report_theta.unsqueeze(0), self.features(x), self.sizes)[0]  # (1, N, out) -> (N, out)
+        return torch.cat([torch.zeros_like(z), z], dim=-1) if z.shape[-1] == 1 else z
+
+    def predict(self, x: Tensor, t: Tensor) -> Tensor:
+        z = self(x, t)
+        return (z[:, 1] >= z[:, 0]).long() if z.shape[-1] == 2 else z.argmax(-1)
+
+    # -- training -------------------------------------------------------------------------------------------------
+    def on_experience_start(self, experience: Experience) -> None:
+        assert self.posterior is not None, "call bind(stream) first"
+        if experience.index != self.kb.num_tasks:
+            raise ConfigError(f"IBCL expected experience {self.kb.num_tasks}, got {experience.index}")
+        self._n_train = len(experience.train)
+        with torch.no_grad():
+            if self.kb.num_tasks == 0:
+                stds = torch.tensor(self.prior_stds, dtype=self.prior_sigma.dtype).unsqueeze(1)  # (m, 1)
+                self.prior_mu.zero_()
+                self.prior_sigma.copy_(stds.expand_as(self.prior_sigma))
+            else:
+                slots = self.kb.slots[-1]
+                self.prior_mu.copy_(torch.stack([self.kb.mus[s] for s in slots]))
+                self.prior_sigma.copy_(torch.stack([self.kb.sigmas[s] for s in slots]))
+        self.posterior.reset_parameters(torch.Generator().manual_seed(stage_seed(self.seed, experience.index)))
+        if self.init_from_prior:
+            self.posterior.load_gaussians(self.prior_mu, self.prior_sigma)
+
+    def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
+        assert self.posterior is not None
+        x, y, _ = batch
+        feats = self.features(x)
+        s = 1 if self.opts.objective == "official" else self.mc_samples
+        per_chain = []
+        for _ in range(s):
+            theta = self.posterior.sample()  # (m, P)
+            logits = mlp_forward(theta, feats, self.sizes)  # (m, B, out)
+            per_chain.append(negative_elbo(
+                logits, y, mu=self.posterior.mu, sigma=self.posterior.sigma, prior_mu=self.prior_mu,
+                prior_sigma=self.prior_sigma, n_train=self._n_train, theta=theta,
+                objective="clean" if self.opts.objective == "elbo" else "faithful"))
+        loss = torch.stack(per_chain).mean(0).sum()  # mean over samples, sum over chains
+        self.log_epoch_mean("train/loss", loss, len(y))
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        assert self.posterior is not None
+        x, y, _ = batch
+        z = mlp_forward(self.posterior.mu, self.features(x), self.sizes)  # (m, B, out): the chains' mean models
+        pred = (z[..., 0] >= 0).long() if z.shape[-1] == 1 else z.argmax(-1)
+        self.log("val/acc", (pred == y).float().mean(), prog_bar=True)
+
+    # -- experience end: knowledge base, preferences, evaluation ---------------------------------------------------
+    def on_experience_end(self, experience: Experience) -> None:
+        assert self.posterior is not None
+        self.kb.update(self.posterior.mu.detach(), self.posterior.sigma.detach(), d=self.opts.d,
+                       distance=self.opts.distance)
+        stage = self.kb.num_tasks - 1
+        rms = [v / math.sqrt(self.kb.mus[0].numel()) for v in self.kb.nn_distances[-1]]
+        log.info("IBCL stage %d: nearest-point distances %s (per coordinate %s), KB size %d", stage,
+                 self.kb.nn_distances[-1], rms, len(self.kb))
+        seen = self._experiences_up_to(stage, experience)
+        result, theta = evaluate_stage(self.kb, seen, self.features, self.sizes, segment_lengths(self.sizes),
+                                       self.opts, seed=self.seed)
+        result["nn_distances_rms"] = rms
+        self.stage_results.append(result)
+        matrix = stack_stages([torch.tensor(r["per_task_acc"]) for r in self.stage_results])
+        result["bwt"] = standard_bwt(matrix)
+        with torch.no_grad():
+            self.report_theta.copy_(theta)
+
+    def _experiences_up_to(self, stage: int, current: Experience) -> list[Experience]:
+        seen = [e for e in self._seen if e.index < stage] + [current]
+        if len(seen) != stage + 1:
+            raise ConfigError(f"IBCL needs experiences 0..{stage} at stage {stage}; bind(stream) first")
+        return seen
+
+    # -- zero-shot generation -------------------------------------------------------------------------------------
+    def generate_theta(self, preference: Sequence[float] | Tensor, *,
+                       mode: Literal["select", "sample", "mean"] = "select", num_samples: int | None = None,
+                       seed: int | None = None, val_data: Sequence[TensorData] | None = None) -> Tensor:
+        """A parameter vector (P,) for ``preference`` over tasks ``0..i`` (zero-shot; see :meth:`generate`)."""
+        if self.kb.num_tasks == 0:
+            raise ConfigError("IBCL.generate needs a trained knowledge base (no experience has ended)")
+        w = torch.as_tensor(preference, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(int(self.seed if seed is None else seed))
+        try:
+            hdr = region(self.kb, w, self.opts, gen)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        if mode == "mean":
+            return hdr.mean.to(self.report_theta.dtype)
+        k = 1 if mode == "sample" else (num_samples or self.opts.num_samples)
+        thetas = draw_models(hdr, k, self.opts, segment_lengths(self.sizes), gen).to(self.report_theta.dtype)
+        if mode == "sample":
+            return thetas[0]
+        if val_data is None:
+            val_data = [e.val if e.val is not None else e.train for e in self._seen[: w.numel()]]
+        if len(val_data) != w.numel():
+            raise ConfigError(f"mode='select' needs validation data for {w.numel()} tasks, got {len(val_data)}; "
+                              "bind a stream, pass val_data, or use mode='mean' or 'sample'")
+        acc = task_accuracies(thetas, val_data, self.features, self.sizes, batch_size=self.opts.eval_batch_size)
+        return thetas[select_by_validation(acc, w)]
+
+    def generate(self, preference: Sequence[float] | Tensor, **kwargs: Any) -> nn.Module:
+        """A deterministic model for ``preference`` without training (spec Algorithm 2).
+
+        ``mode="select"`` (default) samples ``num_samples`` models from the preference's HDR and keeps the best by
+        preference-weighted validation accuracy; ``"sample"`` returns one draw; ``"mean"`` the HDR's centre. The
+        result maps raw inputs to logits, (N, 1) for a binary head (``p(y=1) = sigmoid``), (N, C) otherwise.
+        """
+        from strategies.ibcl.generate import model_from_theta
+
+        return model_from_theta(self.generate_theta(preference, **kwargs), self.sizes, self.backbone)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, backbone: Backbone | None = None) -> IBCL:
+        """Rebuild a trained IBCL from a run checkpoint (``run_dir/checkpoints/exp{i}.pt``) for :meth:`generate`."""
+        from strategies.ibcl.generate import load_ibcl
+
+        return load_ibcl(cls, Path(path), backbone)
+
+    # -- CL memory and results ------------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ibcl"] = {"kb": self.kb.state_dict(), "stages": self.stage_results,
+                              "hparams": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.hparams.items()},
+                              "sizes": list(self.sizes), "setting": self.setting,
+                              "classes_per_task": list(self.classes_per_task),
+                              "input_shape": list(self._seen[0].train.x.shape[1:]) if self._seen else None}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("ibcl")
+        if state is not None:
+            self.kb = KnowledgeBase.from_state_dict(state["kb"])
+            self.stage_results = list(state["stages"])
+
+    def strategy_state_bytes(self) -> int:
+        return self.kb.nbytes()
+
+    def extra_results(self) -> dict[str, Any]:
+        from strategies.ibcl.generate import summarise
+
+        return {"ibcl": summarise(self.stage_results, asdict(self.opts), self.kb)}

@@ -1,0 +1,281 @@
+"""Gradient Projection Memory (Saha, Garg & Roy, ICLR 2021); spec ``shared/papers/gradient_projection.md`` §4."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from clkit.data import Experience
+from clkit.errors import ConfigError
+from clkit.module import ContinualModule
+from clkit.nets import MLP, Backbone, SmallCNN, tensor_bytes
+from strategies.projection.layers import (
+    BN_TYPES,
+    LayerRef,
+    PlateauDecay,
+    find_projected_layers,
+    resolve_per_layer,
+    sample_rows,
+)
+from strategies.projection.basis import (
+    capture_inputs,
+    empty_basis,
+    project_with_factor,
+    projection_factor,
+    representation,
+    update_basis,
+)
+
+__all__ = ["GPM"]
+
+log = logging.getLogger(__name__)
+
+
+class GPM(ContinualModule):
+    """Gradient Projection Memory (Saha, Garg & Roy, "Gradient Projection Memory for Continual Learning", ICLR 2021).
+
+    After each experience, the inputs of every projected layer (``nn.Linear``/``nn.Conv2d`` without bias) on a sample
+    of the experience's training data are summarised by an orthonormal basis ``M_l`` that keeps an ``eps_l`` fraction
+    of their energy; later experiences only update weights orthogonally to ``span(M_l)``, so old inputs see unchanged
+    layers.
+
+    Settings: task-IL (a head per task; heads are never projected, old heads are frozen) and domain-IL (one shared
+    head, projected like a hidden layer, as on permuted MNIST). Class-IL is not supported: a shared head over growing
+    classes can only keep old inputs' logits fixed, so new-class logits on old inputs stay at their untrained values
+    and the method gives no meaningful class-IL behaviour.
+
+    Protocol details: BatchNorm affine parameters train on the first experience only; the optimizer is plain SGD with
+    weight decay 0 (Adam or decay would break orthogonality: refused); optional early stopping with LR decay on the
+    validation loss (``lr_patience``), restoring the best state before the basis update.
+
+    Args:
+        threshold: Energy threshold ``eps``: one value, or one per projected layer in registration order.
+        threshold_step: Added per experience: ``eps_l(t) = min(1, threshold_l + threshold_step * t)``.
+        rep_samples: Training samples drawn (seeded) for the representation matrices.
+        layer_samples: Samples used per projected layer (conv layers: images, each giving ``L`` columns); default
+            ``rep_samples`` for every layer.
+        lr_patience: Epochs without validation improvement before the LR is divided by ``lr_factor``; ``None``
+            disables early stopping (and best-state restoring).
+        lr_factor: LR divisor on a plateau.
+        lr_min: Training of an experience stops once the LR falls below this.
+        faithful: Reproduce the official code's basis rules (spec §9 rows 1-2: first-task rank one fewer, float32
+            bases concatenated without re-orthonormalisation).
+        seed: Seed of the representation samples.
+        test_passes: Test passes per accuracy-matrix row, each over reshuffled batches; their counts add up. The
+            protocol nets normalise with test-batch statistics, so TRGP averages several passes (spec §7: 10 on
+            CIFAR-100, 5 on 5-Datasets/MiniImageNet, 1 on PMNIST).
+        backbone: Feature extractor; default a bias-free MLP 100-100 (or a bias-free CNN for images >= 16 px).
+        lr: Learning rate.
+        optimizer: Must be ``"sgd"``.
+        momentum: SGD momentum (allowed; the protocol uses 0).
+        weight_decay: Must be 0.
+    """
+
+    SUPPORTED_SCENARIOS = frozenset({"task-il", "domain-il"})
+    HEAD_BIAS = False
+
+    def __init__(self, *, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
+                 rep_samples: int = 300, layer_samples: list[int] | None = None,
+                 lr_patience: int | None = None, lr_factor: float = 3.0, lr_min: float = 1e-3,
+                 faithful: bool = False, seed: int = 0,
+                 test_passes: int = 1, backbone: Backbone | None = None, lr: float = 0.01,
+                 optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+        self.save_hyperparameters(ignore=["backbone"])
+        name = type(self).__name__
+        if test_passes < 1:
+            raise ConfigError(f"test_passes must be >= 1, got {test_passes}")
+        self.test_passes = test_passes
+        if optimizer != "sgd":
+            raise ConfigError(f"{name} needs optimizer='sgd', got {optimizer!r}: element-wise preconditioning "
+                              "(Adam) breaks the orthogonality of the projected update")
+        if weight_decay != 0.0:
+            raise ConfigError(f"{name} needs weight_decay=0, got {weight_decay}: decay adds an unprojected "
+                              "lambda*W to the update")
+        thresholds = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
+        if not thresholds or not all(0.0 < float(e) <= 1.0 for e in thresholds) or threshold_step < 0:
+            raise ConfigError(f"threshold must be in (0, 1] and threshold_step >= 0, got {threshold} and "
+                              f"{threshold_step}")
+        if rep_samples < 1 or (layer_samples is not None and min(layer_samples, default=0) < 1):
+            raise ConfigError(f"rep_samples and layer_samples must be >= 1, got {rep_samples} and {layer_samples}")
+        if lr_patience is not None:
+            PlateauDecay(lr, lr_patience, lr_factor, lr_min)  # validates the schedule
+        self.bases: list[Tensor] = []  # per projected layer: (d_l, m_l) float64, orthonormal columns
+        self.active_task = 0  # index of the experience being trained (or last trained)
+        self._layers: list[LayerRef] | None = None
+        self._projectors: list[tuple[Tensor, bool]] = []
+        self._plateau: PlateauDecay | None = None
+        self._val_loss: list[float] = [0.0, 0.0]  # (sum, count) of the running validation epoch
+
+    # -- network ----------------------------------------------------------------------------------------------------
+    def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
+        if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
+            return SmallCNN(bias=False)
+        return MLP(hidden=(100, 100), bias=False)
+
+    def bind(self, stream: Any) -> None:
+        super().bind(stream)
+        layers = self.projected_layers()
+        for name, mod in self.named_modules():
+            if isinstance(mod, BN_TYPES) and mod.track_running_stats:
+                log.warning("%s: BatchNorm %r tracks running statistics, which later experiences overwrite; the "
+                            "protocol nets use track_running_stats=False", type(self).__name__, name)
+        self.thresholds(0)  # one threshold (and sample count) per projected layer, or a clear error now
+        resolve_per_layer(self.hparams.layer_samples or self.hparams.rep_samples, len(layers), "layer_samples")
+        if not self.bases:
+            self.bases = [empty_basis(weight_in_dim(ref)) for ref in layers]
+
+    def projected_layers(self) -> list[LayerRef]:
+        """Projected layers: the backbone's Linear/Conv2d layers, plus the shared head outside task-IL."""
+        if self._layers is None:
+            prefixes = ["backbone"] if self.multi_head else ["backbone", "heads.0"]
+            self._layers = find_projected_layers(self, prefixes, owner=type(self).__name__)
+        return self._layers
+
+    def thresholds(self, task: int) -> list[float]:
+        """``eps_l`` for experience ``task``, one per projected layer."""
+        base = resolve_per_layer(self.hparams.threshold, len(self.projected_layers()), "threshold")
+        return [min(1.0, e + self.hparams.threshold_step * task) for e in base]
+
+    def _bn_parameters(self) -> list[nn.Parameter]:
+        return [p for m in self.modules() if isinstance(m, BN_TYPES) for p in m.parameters(recurse=False)]
+
+    @property
+    def freezes_bn(self) -> bool:
+        """Whether BN affine parameters are frozen after the first experience."""
+        return True
+
+    def optimizer_parameters(self) -> list[nn.Parameter]:
+        """Backbone (BN affine only on the first experience), the current head in task-IL (all heads otherwise)."""
+        assert self.backbone is not None
+        heads = [self.heads[self.active_task]] if self.multi_head else list(self.heads)
+        return [*self.backbone.parameters(), *(p for h in heads for p in h.parameters())]
+
+    # -- experience hooks -------------------------------------------------------------------------------------------
+    def on_experience_start(self, experience: Experience) -> None:
+        self.active_task = experience.index
+        frozen = self.active_task > 0 and self.freezes_bn
+        for p in self._bn_parameters():
+            p.requires_grad_(not frozen)
+        self._projectors = []  # per layer: M or its complement, whichever is cheaper (spec §4.5)
+        for basis, ref in zip(self.bases, self.projected_layers()):
+            # faithful bases drift from orthonormal, where the complement and G - (G M) M^T differ: official formula
+            factor, complement = (basis, False) if self.hparams.faithful else projection_factor(basis)
+            self._projectors.append((factor.to(ref.weight.device, ref.weight.dtype), complement))
+        hp = self.hparams
+        self._plateau = None if hp.lr_patience is None else PlateauDecay(hp.lr, hp.lr_patience, hp.lr_factor,
+                                                                          hp.lr_min)
+
+    def transform_gradients(self) -> None:
+        for ref, (factor, complement) in zip(self.projected_layers(), self._projectors):
+            grad = ref.weight.grad
+            if grad is not None and (complement or factor.shape[1] > 0):
+                grad.copy_(project_with_factor(grad, factor, complement))
+        self._zero_frozen_grads()
+
+    def _zero_frozen_grads(self) -> None:
+        if self.active_task > 0 and self.freezes_bn:
+            for p in self._bn_parameters():
+                if p.grad is not None:
+                    p.grad.zero_()
+
+    def on_experience_end(self, experience: Experience) -> None:
+        self._restore_best()
+        self.store_task_state(experience.index)
+        rows = sample_rows(len(experience.train), self.hparams.rep_samples, self.hparams.seed * 1_000_003
+                           + experience.index)
+        before = [b.shape[1] for b in self.bases]
+        self.update_memory(experience, rows, self.representations(experience, rows))
+        for ref, basis, m in zip(self.projected_layers(), self.bases, before):
+            if m < basis.shape[0] <= basis.shape[1]:
+                log.warning("%s: layer %r is saturated (%d/%d directions); it is frozen from now on",
+                            type(self).__name__, ref.name, basis.shape[1], basis.shape[0])
+
+    def representations(self, experience: Experience, rows: Tensor) -> list[Tensor]:
+        """``R_l`` (d_l, n_l) of every projected layer on ``experience.train[rows]`` (eval mode, task's own head)."""
+        layers = self.projected_layers()
+        counts = resolve_per_layer(self.hparams.layer_samples or self.hparams.rep_samples, len(layers),
+                                   "layer_samples")
+        x, _, t = experience.train[rows]
+        was_training = self.training
+        self.eval()
+        with torch.no_grad(), capture_inputs([ref.module for ref in layers]) as captured:
+            self(x.to(self.device), t.to(self.device))
+        self.train(was_training)
+        missing = [ref.name for ref, inp in zip(layers, captured) if inp is None]
+        if missing:
+            raise RuntimeError(f"projected layers {missing} were not called in the forward pass")
+        return [representation(ref.module, inp, int(n)) for ref, inp, n in zip(layers, captured, counts)
+                if inp is not None]
+
+    def store_task_state(self, task: int) -> None:
+        """Keep what the trained experience ``task`` needs at test time (TRGP: its scale matrices)."""
+
+    def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
+        """GPM basis update of every layer (spec §4.3) from the representations ``reps`` of ``experience``."""
+        eps = self.thresholds(experience.index)
+        self.bases = [update_basis(b, r.cpu(), e, faithful=self.hparams.faithful)
+                      for b, r, e in zip(self.bases, reps, eps)]
+
+    # -- early stopping with LR decay (spec §2) ----------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_loss = [0.0, 0.0]
+
+    def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
+        x, y, t = batch
+        logits = self(x, t)
+        loss = F.cross_entropy(logits, y)
+        self._val_loss[0] += float(loss) * len(y)
+        self._val_loss[1] += len(y)
+        self.log("val/loss", loss, prog_bar=True)
+        self.log("val/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if self._plateau is None or self.trainer.sanity_checking or self._val_loss[1] == 0:
+            return
+        state = {n: p for n, p in self.named_parameters()} | {n: b for n, b in self.named_buffers()
+                                                              if n.startswith("backbone")}
+        total = self.trainer.strategy.reduce(torch.tensor(self._val_loss, dtype=torch.float64, device=self.device),
+                                             reduce_op="sum")  # the same decision on every DDP rank
+        lr = self._plateau.step(float(total[0] / total[1]), state)
+        for opt in self.trainer.optimizers:
+            for group in opt.param_groups:
+                group["lr"] = lr
+        if self._plateau.stopped:
+            self.trainer.should_stop = True
+
+    def _restore_best(self) -> None:
+        if self._plateau is not None and self._plateau.best_state is not None:
+            self.load_state_dict(self._plateau.best_state, strict=False)
+        self._plateau = None
+
+    # -- memory ----------------------------------------------------------------------------------------------------
+    def memory_state(self) -> dict[str, Any]:
+        """All CL memory, as checkpointed."""
+        return {"bases": self.bases}
+
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        self.bases = [b.cpu() for b in state["bases"]]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["projection_memory"] = self.memory_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "projection_memory" in checkpoint:
+            self.load_memory_state(checkpoint["projection_memory"])
+
+    def strategy_state_bytes(self) -> int:
+        return tensor_bytes(*self.bases)
+
+    def extra_results(self) -> dict[str, Any]:
+        return {"basis_ranks": [[int(b.shape[1]), int(b.shape[0])] for b in self.bases]}
+
+
+def weight_in_dim(ref: LayerRef) -> int:
+    """``d_l``: the width of the layer's weight viewed as ``(c_out, d_l)``."""
+    return int(ref.weight[0].numel())
