@@ -17,7 +17,18 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["SETTINGS", "BatchIndexSampler", "ContinualDataModule", "EvalBatches", "Experience", "Setting", "TensorData", "make_loader", "split_train_val"]
+__all__ = [
+    "SETTINGS",
+    "BatchIndexSampler",
+    "ContinualDataModule",
+    "EvalBatches",
+    "Experience",
+    "Setting",
+    "StreamSpec",
+    "TensorData",
+    "make_loader",
+    "split_train_val",
+]
 
 Setting = Literal["task-il", "domain-il", "class-il"]
 SETTINGS: tuple[str, ...] = ("task-il", "domain-il", "class-il")
@@ -91,6 +102,58 @@ class Experience:
     val: Optional[TensorData]
     test: TensorData
     name: str = ""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """What a strategy may know about a stream before it sees any data: what :meth:`ContinualModule.bind` receives.
+
+    Attributes:
+        setting: ``"task-il"``, ``"domain-il"`` or ``"class-il"``.
+        input_shape: Shape of one input, without the batch dimension.
+        num_classes: Width of a shared head (class-IL, domain-IL) or of the widest task (task-IL).
+        classes: Per experience, its class ids (task-IL labels are their ranks ``0..len-1``; class-IL labels are the
+            ids themselves; domain-IL ids are the shared label values).
+        task_ids_at_test: Whether test batches carry their task ids in the scenario's protocol.
+        name: The scenario's name (for messages and results).
+        batch_size: The training batch size (a protocol that counts data in batches needs it).
+    """
+
+    setting: Setting
+    input_shape: tuple[int, ...]
+    num_classes: int
+    classes: tuple[tuple[int, ...], ...]
+    task_ids_at_test: bool
+    name: str = ""
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ConfigError(f"setting={self.setting!r} is not one of {', '.join(SETTINGS)}")
+        if not self.classes:
+            raise ConfigError("a stream needs at least one experience")
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.classes)
+
+    @property
+    def classes_per_experience(self) -> tuple[int, ...]:
+        return tuple(len(c) for c in self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values (checkpoints store the spec so a strategy can be rebuilt without its stream)."""
+        return {"setting": self.setting, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "classes": [list(c) for c in self.classes], "task_ids_at_test": self.task_ids_at_test,
+                "name": self.name, "batch_size": self.batch_size}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamSpec:
+        return cls(setting=data["setting"], input_shape=tuple(int(s) for s in data["input_shape"]),
+                   num_classes=int(data["num_classes"]), classes=tuple(tuple(int(c) for c in cs)
+                                                                      for cs in data["classes"]),
+                   task_ids_at_test=bool(data["task_ids_at_test"]), name=str(data.get("name", "")),
+                   batch_size=int(data.get("batch_size", 64)))
 
 
 class BatchIndexSampler(Sampler[Tensor]):
@@ -230,6 +293,13 @@ class ContinualDataModule(pl.LightningDataModule):
     @property
     def name(self) -> str:
         return type(self).__name__
+
+    @property
+    def spec(self) -> StreamSpec:
+        """The :class:`StreamSpec` strategies are bound to (builds the experiences if needed)."""
+        return StreamSpec(self.setting, self.input_shape, self.num_classes,
+                          tuple(tuple(e.classes) for e in self.experiences), self.task_ids_at_test, self.name,
+                          self.batch_size)
 
     def setup(self, stage: Optional[str] = None) -> None:
         self.experiences

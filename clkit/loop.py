@@ -1,16 +1,17 @@
-"""The stream loop: train experience by experience, test every experience after each one (DESIGN.md §2.3).
+"""The stream loop: it drives the continual-learning protocol and owns the accuracy matrices.
 
 Design: a **fresh Trainer per experience** (see README, "Architecture"). Each experience gets a new optimizer and
-its own ``max_epochs``/early stopping, no ``fit`` is ever called twice on one Trainer, and strategies that need
-special training (ExSSNeT's two phases) can ask for trainer overrides. CL memory lives on the module, so it
-carries over; a checkpoint of the whole CL state (module, metric rows, RNG states) is written after every
-experience, which is what ``--resume`` reads.
+its own ``max_epochs``/early stopping, and no ``fit`` is ever called twice on one Trainer. The loop calls the CL
+hooks itself, with the module on the training device; after each experience it evaluates every test experience
+(future ones included) and every validation split, filling one row of the test and of the validation accuracy
+matrix, and writes a checkpoint of the whole CL state (module, CL memory, matrices), which is what ``--resume``
+reads. Evaluation runs the module directly (no Trainer), in as few passes as the data allows.
 """
 
 from __future__ import annotations
 
-import os
-import random
+import logging
+import math
 import re
 import sys
 import time
@@ -19,29 +20,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from clkit.data import ContinualDataModule
+from clkit._io import save_torch_atomic
+from clkit.data import ContinualDataModule, StreamSpec, TensorData
 from clkit.errors import ConfigError
+from clkit.metrics import AccuracyCounts, stream_metrics
 from clkit.module import ContinualModule
+from clkit.results import StreamResult
+from clkit.rng import derive_seed, forked_rng
 
-__all__ = ["StreamRun", "TrainerFactory", "experience_checkpoints", "fit_stream", "trainer_factory"]
+__all__ = ["CHECKPOINT_FORMAT", "StreamResult", "StreamRun", "TrainerFactory", "experience_checkpoints",
+           "fit_stream", "trainer_factory"]
 
 TrainerFactory = Callable[..., pl.Trainer]  # make_trainer(experience_index, **overrides) -> Trainer
+CHECKPOINT_FORMAT = 2
 
 
-def fit_stream(strategy: ContinualModule, stream: ContinualDataModule, make_trainer: TrainerFactory,
-               *, run_dir: Optional[Path] = None, resume: bool = False) -> Tensor:
-    """Train ``strategy`` on ``stream`` and return the (T, T) accuracy matrix; see :class:`StreamRun`."""
-    return StreamRun(strategy, stream, make_trainer, run_dir=run_dir).run(resume=resume)
+def fit_stream(strategy: ContinualModule, stream: ContinualDataModule,
+               make_trainer: Optional[TrainerFactory] = None, *, run_dir: Optional[Path] = None,
+               resume: bool = False, test_passes: int = 1) -> StreamResult:
+    """Train ``strategy`` on ``stream`` experience by experience and return the :class:`StreamResult`.
+
+    Args:
+        strategy: A fresh strategy (training one that has already learned a stream is refused).
+        stream: The scenario.
+        make_trainer: ``make_trainer(i, **overrides)`` returns the Trainer of experience ``i``; default
+            :func:`trainer_factory` (quiet, CPU, 1 epoch).
+        run_dir: Where checkpoints go (``run_dir/checkpoints``); ``None`` keeps nothing on disk.
+        resume: Continue after the last checkpoint in ``run_dir``.
+        test_passes: Evaluation passes per matrix row, each over reshuffled batches, their counts added (for
+            networks that normalise with test-batch statistics).
+
+    Example:
+        >>> result = fit_stream(Naive(), SplitDigits(), trainer_factory(max_epochs=3))  # doctest: +SKIP
+        >>> result.metrics["acc"]  # doctest: +SKIP
+    """
+    run = StreamRun(strategy, stream, make_trainer or trainer_factory(), run_dir=run_dir, test_passes=test_passes)
+    return run.run(resume=resume)
 
 
 @dataclass
 class StreamRun:
-    """One pass over a stream, with what ``results.json`` needs besides the matrix.
+    """One pass over a stream; :meth:`run` returns its :class:`StreamResult`.
 
     Args:
         strategy: The strategy to train.
@@ -50,6 +73,8 @@ class StreamRun:
         run_dir: Where checkpoints go (``run_dir/checkpoints``); ``None`` keeps nothing on disk.
         logger: Lightning logger that receives ``stream/*`` and ``exp{j}/acc`` scalars (step = experience).
         verbose: Print one summary line per experience (stderr).
+        test_passes: Evaluation passes per matrix row (see :func:`fit_stream`).
+        about: Extra JSON-able facts written into every checkpoint (the CLI puts the resolved config there).
     """
 
     strategy: ContinualModule
@@ -58,81 +83,161 @@ class StreamRun:
     run_dir: Optional[Path] = None
     logger: Any = None
     verbose: bool = False
+    test_passes: int = 1
+    about: dict[str, Any] = field(default_factory=dict)
     per_experience: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if int(self.test_passes) < 1:
+            raise ConfigError(f"test_passes must be >= 1, got {self.test_passes}")
+        self._test: Optional[AccuracyCounts] = None
+        self._val: Optional[AccuracyCounts] = None
+        self._init: Optional[AccuracyCounts] = None  # row 0: test splits, row 1: validation splits
+        self.spec: Optional[StreamSpec] = None
 
     @property
     def checkpoint_dir(self) -> Optional[Path]:
         return None if self.run_dir is None else Path(self.run_dir) / "checkpoints"
 
-    def run(self, resume: bool = False) -> Tensor:
-        start_time = time.perf_counter()
-        self.stream.prepare_data()
-        self.stream.setup("fit")
-        self.strategy.bind(self.stream)
-        exps = self.stream.experiences
-        first = self._resume() if resume else 0
-        if hasattr(self.logger, "keep_history"):
-            self.logger.keep_history(first)  # rows of the experiences already done survive a resume
-        if first == 0:
-            self._test(self.make_trainer(0), row=-1)
-        for i in range(first, len(exps)):
-            t0 = time.perf_counter()
-            trainer = self.make_trainer(i, **self.strategy.trainer_overrides(exps[i]))
-            self.strategy.current_experience = exps[i]
-            train = self.strategy.train_data(exps[: i + 1])
-            val = self.strategy.val_data(exps[: i + 1])
-            trainer.fit(self.strategy, train_dataloaders=self.stream.train_loader(train, i),
-                        val_dataloaders=None if val is None else self.stream.eval_loader(val))
-            train_seconds = time.perf_counter() - t0
-            self._test(trainer, row=i)
-            self.per_experience.append({"experience": i, "name": exps[i].name, "classes": list(exps[i].classes),
-                                        "train_seconds": train_seconds, "epochs": int(trainer.current_epoch),
-                                        "train_samples": len(train)})
-            self._log_row(i)
-            if self.verbose and trainer.is_global_zero:
-                self._announce(i, train_seconds)
-            self.wall_seconds += time.perf_counter() - start_time
-            start_time = time.perf_counter()
-            self._save(i, trainer.is_global_zero)
-        self.wall_seconds += time.perf_counter() - start_time
-        self.strategy.current_experience = None
-        return self.accuracy_matrix
-
-    # -- results --------------------------------------------------------------------------------------------------
-    @property
-    def accuracy_matrix(self) -> Tensor:
-        assert self.strategy.accuracy is not None
-        t = self.strategy.num_tasks
-        return self.strategy.accuracy.compute().float().reshape(t, t)  # torchmetrics squeezes a (1, 1) result
-
-    @property
-    def random_init_accuracy(self) -> Tensor:
-        assert self.strategy.init_accuracy is not None
-        return self.strategy.init_accuracy.compute().float().reshape(-1)
-
     @property
     def completed(self) -> int:
         return len(self.per_experience)
 
-    def _test(self, trainer: pl.Trainer, row: int) -> None:
-        """Fill one matrix row; with ``strategy.test_passes > 1`` the counts of several reshuffled passes add up."""
-        self.strategy.eval_row = row
-        for p in range(max(1, int(self.strategy.test_passes))):
-            trainer.test(self.strategy, dataloaders=self.stream.test_dataloader(seed=p), verbose=False)
+    def run(self, resume: bool = False) -> StreamResult:
+        start = time.perf_counter()
+        self.stream.prepare_data()
+        self.stream.setup("fit")
+        self.spec = spec = self.stream.spec
+        strategy = self.strategy
+        if strategy.spec is not None and int(strategy.experiences_done) > 0:
+            raise ConfigError(f"{type(strategy).__name__} has already been trained on a stream; build a new strategy "
+                              "for each run (resuming goes through run_dir and resume=True)")
+        strategy.bind(spec)
+        t = spec.n_experiences
+        self._test, self._val, self._init = AccuracyCounts(t, t), AccuracyCounts(t, t), AccuracyCounts(2, t)
+        first = self._resume() if resume else 0
+        if hasattr(self.logger, "keep_history"):
+            self.logger.keep_history(first)  # rows of the experiences already done survive a resume
+        exps = self.stream.experiences
+        if first == 0:
+            trainer = self.make_trainer(0)
+            with forked_rng(derive_seed(strategy.seed, "evaluation", -1), trainer.strategy.root_device):
+                self._evaluate(trainer, row=-1)
+        for i in range(first, t):
+            t0 = time.perf_counter()
+            trainer = self.make_trainer(i, **strategy.trainer_overrides(exps[i]))
+            device = trainer.strategy.root_device
+            with forked_rng(derive_seed(strategy.seed, "experience", i), device):
+                train, val = self._fit(trainer, i)
+                train_seconds = time.perf_counter() - t0
+                self._evaluate(trainer, row=i)
+            self.per_experience.append({"experience": i, "name": exps[i].name, "classes": list(exps[i].classes),
+                                        "train_seconds": round(train_seconds, 4), "epochs": int(trainer.current_epoch),
+                                        "train_samples": len(train), "val_samples": 0 if val is None else len(val)})
+            self._log_row(i)
+            if self.verbose and trainer.is_global_zero:
+                self._announce(i, train_seconds)
+            self.wall_seconds += time.perf_counter() - start
+            start = time.perf_counter()
+            self._save(i, trainer.is_global_zero)
+        self.wall_seconds += time.perf_counter() - start
+        return self.result()
+
+    def _fit(self, trainer: pl.Trainer, i: int) -> tuple[TensorData, Optional[TensorData]]:
+        """Experience ``i``: hooks around ``trainer.fit``, the module on the training device for both hooks."""
+        strategy, exp = self.strategy, self.stream.experiences[i]
+        device = trainer.strategy.root_device
+        strategy.to(device)
+        strategy._enter_experience(exp)
+        train, val = strategy.train_data(exp), strategy.val_data(exp)
+        trainer.fit(strategy, train_dataloaders=self.stream.train_loader(train, i),
+                    val_dataloaders=None if val is None else self.stream.eval_loader(val))
+        strategy.to(device)  # the Trainer's teardown moved the module to the CPU
+        strategy._exit_experience(exp)
+        return train, val
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    def _evaluate(self, trainer: pl.Trainer, row: int) -> None:
+        """Fill row ``row`` of the test matrix (``-1``: the untrained model's row) and of the validation matrix."""
+        assert self._test is not None and self._val is not None and self._init is not None
+        strategy = self.strategy
+        precision = trainer.strategy.precision_plugin
+        strategy.to(trainer.strategy.root_device)
+        precision.convert_module(strategy)
+        was_training = strategy.training
+        strategy.eval()
+        test, val = (self._init, self._init) if row < 0 else (self._test, self._val)
+        test_row, val_row = (0, 1) if row < 0 else (row, row)
+        test.reset_row(test_row)
+        exps = self.stream.experiences
+        strategy.on_evaluation_start("test", row)
+        for p in range(self.test_passes):
+            for j, exp in enumerate(exps):
+                test.add(test_row, j, *self._count(exp.test, precision, seed=p))
+        strategy.on_evaluation_end("test", row, [e.test for e in exps[: row + 1]])
+        val.reset_row(val_row)
+        strategy.on_evaluation_start("val", row)
+        for j, exp in enumerate(exps):
+            if exp.val is not None:
+                val.add(val_row, j, *self._count(exp.val, precision, seed=0))
+        strategy.on_evaluation_end("val", row, [e.val for e in exps[: row + 1] if e.val is not None])
+        strategy.train(was_training)
+
+    def _count(self, data: TensorData, precision: Any, seed: int) -> tuple[int, int]:
+        """Correct and total predictions of the strategy on ``data``, in the stream's shuffled eval batches."""
+        strategy, device = self.strategy, self.strategy.device
+        correct = total = 0
+        with torch.no_grad(), precision.forward_context():
+            for x, y, t in self.stream.eval_loader(data, seed=seed):
+                x = precision.convert_input(x.to(device, non_blocking=True))
+                preds = strategy.predict(x, t.to(device))
+                correct += int((preds.to(y.device) == y).sum())
+                total += int(y.numel())
+        return correct, total
+
+    # -- results --------------------------------------------------------------------------------------------------
+    @property
+    def accuracy_matrix(self) -> Tensor:
+        assert self._test is not None, "run() first"
+        return self._test.accuracy()
+
+    @property
+    def val_accuracy_matrix(self) -> Optional[Tensor]:
+        assert self._val is not None, "run() first"
+        if not bool((self._val.total > 0).any()):
+            return None
+        return self._val.accuracy()
+
+    @property
+    def random_init_accuracy(self) -> Tensor:
+        assert self._init is not None, "run() first"
+        return self._init.accuracy()[0]
+
+    @property
+    def val_random_init_accuracy(self) -> Optional[Tensor]:
+        assert self._init is not None, "run() first"
+        return None if self.val_accuracy_matrix is None else self._init.accuracy()[1]
+
+    def result(self) -> StreamResult:
+        assert self.spec is not None, "run() first"
+        return StreamResult(self.strategy, self.spec, self.accuracy_matrix, self.val_accuracy_matrix,
+                            self.random_init_accuracy, list(self.per_experience), self.wall_seconds,
+                            self.test_passes, self.val_random_init_accuracy)
 
     def _announce(self, i: int, seconds: float) -> None:
         row = self.accuracy_matrix[i]
         exp = self.stream.experiences[i]
+        val = self.val_accuracy_matrix
+        val_text = "" if val is None or math.isnan(float(val[i, i])) else f", val acc {float(val[i, i]):.3f}"
         print(f"[clkit] experience {i + 1}/{len(self.stream.experiences)} ({exp.name}): {seconds:.2f} s, "
-              f"acc on it {float(row[i]):.3f}, mean acc on seen {float(row[: i + 1].mean()):.3f}", file=sys.stderr)
+              f"acc on it {float(row[i]):.3f}{val_text}, mean acc on seen {float(row[: i + 1].mean()):.3f}",
+              file=sys.stderr)
 
     def _log_row(self, i: int) -> None:
-        from clkit.metrics import stream_metrics
-
-        row = self.accuracy_matrix[i]
         if self.logger is None:
             return
+        row = self.accuracy_matrix[i]
         scalars = {f"exp{j}/acc": float(a) for j, a in enumerate(row)}
         block = self.accuracy_matrix[: i + 1, : i + 1]
         scalars.update({f"stream/{k}": v for k, v in stream_metrics(block, self.random_init_accuracy[: i + 1]).items()})
@@ -143,15 +248,15 @@ class StreamRun:
     def _save(self, i: int, is_global_zero: bool) -> None:
         if self.checkpoint_dir is None or not is_global_zero:
             return
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        ckpt: dict[str, Any] = {"state_dict": self.strategy.state_dict(), "experience": i,
-                                "per_experience": self.per_experience, "wall_seconds": self.wall_seconds,
-                                "rng": _rng_state()}
-        self.strategy.on_save_checkpoint(ckpt)
-        path = self.checkpoint_dir / f"exp{i}.pt"
-        tmp = path.with_suffix(".tmp")
-        torch.save(ckpt, tmp)
-        os.replace(tmp, path)  # atomic: a killed run never leaves a half-written checkpoint
+        assert self._test is not None and self._val is not None and self._init is not None and self.spec is not None
+        ckpt: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT, "experience": i, "state_dict": self.strategy.state_dict(),
+            "memory": self.strategy.memory_state(), "strategy": self.strategy.describe(),
+            "spec": self.spec.to_dict(), "matrices": {"test": self._test.state(), "val": self._val.state(),
+                                                      "init": self._init.state()},
+            "per_experience": self.per_experience, "wall_seconds": self.wall_seconds, "about": self.about,
+        }
+        save_torch_atomic(self.checkpoint_dir / f"exp{i}.pt", ckpt)
 
     def latest_checkpoint(self) -> Optional[Path]:
         found = [] if self.checkpoint_dir is None else experience_checkpoints(self.checkpoint_dir)
@@ -162,14 +267,20 @@ class StreamRun:
         if path is None:
             return 0
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        self.strategy.on_load_checkpoint(ckpt)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"checkpoint {path} was written by another clkit version (format "
+                              f"{ckpt.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}); start a new run")
         try:
+            self.strategy.load_memory_state(ckpt["memory"])
             self.strategy.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as err:
+        except (RuntimeError, KeyError) as err:
             raise ConfigError(f"checkpoint {path} does not match this strategy/scenario config: {err}") from None
+        assert self._test is not None and self._val is not None and self._init is not None
+        self._test.load(ckpt["matrices"]["test"])
+        self._val.load(ckpt["matrices"]["val"])
+        self._init.load(ckpt["matrices"]["init"])
         self.per_experience = list(ckpt["per_experience"])
         self.wall_seconds = float(ckpt["wall_seconds"])
-        _set_rng_state(ckpt["rng"])
         return int(ckpt["experience"]) + 1
 
 
@@ -181,31 +292,24 @@ def experience_checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.stem[3:]))
 
 
-def _rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+def quiet_lightning() -> None:
+    """Silence Lightning's per-Trainer start-up notes (devices, tips), which a Trainer per experience repeats."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def trainer_factory(**defaults: Any) -> TrainerFactory:
     """A ``make_trainer`` that builds ``pl.Trainer(**defaults, **overrides)`` for every experience.
 
-    Quiet CPU defaults (no Lightning checkpointing, no logger, no progress bar) that ``defaults`` may override;
-    handy for scripts and tests::
+    Quiet CPU defaults (no Lightning checkpointing, no logger, no progress bar, no start-up banners) that
+    ``defaults`` may override; handy for scripts, notebooks and tests::
 
-        acc = fit_stream(Naive(), SplitDigits(), trainer_factory(max_epochs=3))
+        result = fit_stream(Naive(), SplitDigits(), trainer_factory(max_epochs=3))
     """
     base: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
                             "enable_progress_bar": False, "enable_model_summary": False, "max_epochs": 1}
     base.update(defaults)
+    quiet_lightning()
 
     def make(index: int, **overrides: Any) -> pl.Trainer:
         return pl.Trainer(**{**base, **overrides})

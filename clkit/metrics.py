@@ -6,14 +6,14 @@ the test data of experience ``j``; ``b`` holds the accuracies of the untrained m
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torchmetrics
 from torch import Tensor
 
 __all__ = [
+    "AccuracyCounts",
     "AccuracyMatrix",
+    "accuracy_from_counts",
     "average_accuracy",
     "backward_transfer",
     "forgetting",
@@ -54,15 +54,44 @@ class AccuracyMatrix(torchmetrics.Metric):
         self.correct[train_exp, eval_exp] += (preds == target).sum().to(self.correct.dtype)
         self.total[train_exp, eval_exp] += target.numel()
 
-    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if bool((self.total > 0).any()):  # restored counts (a resumed run) are updates: compute() need not warn
-            self._update_count = max(self._update_count, 1)
-            self._computed = None
-
     def compute(self) -> Tensor:
-        out = self.correct / self.total
-        return torch.where(self.total > 0, out, torch.full_like(out, float("nan")))
+        return accuracy_from_counts(self.correct, self.total)
+
+
+def accuracy_from_counts(correct: Tensor, total: Tensor) -> Tensor:
+    """``correct / total`` per cell; NaN where nothing was counted."""
+    out = correct / total.clamp_min(1)
+    return torch.where(total > 0, out, torch.full_like(out, float("nan")))
+
+
+class AccuracyCounts:
+    """Correct / total counts of a (rows, T) accuracy matrix, owned by the stream loop (plain tensors, no syncing).
+
+    Under DDP every rank evaluates all of the data, so each rank's counts are already the exact ones.
+    """
+
+    def __init__(self, rows: int, cols: int) -> None:
+        self.correct = torch.zeros(rows, cols, dtype=torch.float64)
+        self.total = torch.zeros(rows, cols, dtype=torch.float64)
+
+    def add(self, row: int, col: int, correct: int, total: int) -> None:
+        self.correct[row, col] += correct
+        self.total[row, col] += total
+
+    def reset_row(self, row: int) -> None:
+        self.correct[row] = 0
+        self.total[row] = 0
+
+    def accuracy(self) -> Tensor:
+        """The (rows, T) accuracies; NaN in cells never evaluated."""
+        return accuracy_from_counts(self.correct, self.total).float()
+
+    def state(self) -> dict[str, Tensor]:
+        return {"correct": self.correct.clone(), "total": self.total.clone()}
+
+    def load(self, state: dict[str, Tensor]) -> None:
+        self.correct = state["correct"].double().clone()
+        self.total = state["total"].double().clone()
 
 
 def _check(acc: Tensor) -> int:

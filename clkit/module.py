@@ -1,78 +1,97 @@
-"""The base class of every strategy (DESIGN.md §2.2)."""
+"""The base class of every strategy: a LightningModule with three CL hooks and one CL-memory protocol."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Optional
+import importlib
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from clkit.data import SETTINGS, ContinualDataModule, Experience, TensorData
+from clkit.data import SETTINGS, Experience, StreamSpec, TensorData
 from clkit.errors import ConfigError, NonFiniteLossError
-from clkit.metrics import AccuracyMatrix
-from clkit.nets import Backbone, default_backbone
+from clkit.nets import Backbone, backbone_config, default_backbone
+from clkit.optim import describe, optimizer_factory, scheduler_factory, spec
+from clkit.rng import derive_seed, forked_rng, generator
 
-__all__ = ["ContinualModule"]
+__all__ = ["ContinualModule", "LRSchedulerCallable", "OptimizerCallable", "memory_bytes"]
+
+OptimizerCallable = Callable[[Iterable[Any]], Optimizer]
+"""``params -> Optimizer``, as LightningCLI's type of the same name: the CLI builds it from ``--optimizer ...``."""
+LRSchedulerCallable = Callable[[Optimizer], Union[LRScheduler, ReduceLROnPlateau]]
+"""``optimizer -> scheduler``, as LightningCLI's type of the same name."""
+
+SGD = spec("torch.optim.SGD", lr=0.01)
+"""The default optimizer: plain SGD at lr 0.01 (a fresh one per experience)."""
 
 
 class ContinualModule(pl.LightningModule):
-    """A continual-learning strategy: a Lightning module with three CL hooks.
+    """A continual-learning strategy: a Lightning module that the stream loop drives experience by experience.
 
-    The stream loop (:func:`clkit.loop.fit_stream`) drives it; per experience ``i``::
+    The loop (:func:`clkit.loop.fit_stream`) calls, in this order::
 
-        strategy.bind(stream)                       # once: backbone, heads, accuracy matrix
-        test all experiences                        # untrained model -> random-init accuracy
+        strategy.bind(stream.spec)                  # once: backbone, heads (StreamSpec, never the data)
+        evaluate every test experience               # untrained model -> random-init accuracy (FWT)
         for i, exp in enumerate(stream.experiences):
-            trainer = make_trainer(i)               # fresh Trainer, fresh optimizer
-            trainer.fit(...):
-                setup("fit")        -> on_experience_start(exp)   # before configure_optimizers
-                configure_optimizers()
+            trainer = make_trainer(i)                # fresh Trainer, so a fresh optimizer
+            move the module to trainer's device      # CL memory moves with it
+            on_experience_start(exp)                 # may add or freeze parameters
+            trainer.fit(strategy, train_data(exp), val_data(exp)):
+                configure_optimizers()               # optimizer(optimizer_parameters()), lr_scheduler
                 per step: training_step -> backward -> on_before_optimizer_step -> transform_gradients -> step
-                on_fit_end()        -> on_experience_end(exp)     # both hooks: model on the training device
-            trainer.test(every test experience)     # fills row i of the accuracy matrix
-            save a checkpoint of the whole CL state
+            on_experience_end(exp)                   # model on the training device; may run forward passes
+            evaluate every test and validation split # predict() -> row i of both accuracy matrices
+            checkpoint: state_dict + memory_state()
+
+    Every experience runs under torch's global generator seeded from (``seed``, i) and restored afterwards, so a
+    run depends only on its seeds. Override points: the CL hooks :meth:`on_experience_start`,
+    :meth:`on_experience_end`, :meth:`transform_gradients`; Lightning's :meth:`training_step`; :meth:`predict`
+    (how the matrix is filled); :meth:`train_data`/:meth:`val_data`; :meth:`optimizer_parameters`;
+    :meth:`build_backbone`/:meth:`build_heads`; :meth:`trainer_overrides`; :meth:`extra_results`. CL memory (bases,
+    masks, posteriors, buffers) is declared with :meth:`register_memory`; the loop checkpoints it, moves it with the
+    module and counts it in ``strategy_state_bytes``.
 
     Heads: one per task in task-IL (labels local to the task, the batch's task ids ``t`` pick the head), one shared
     head otherwise. ``backbone`` defaults to one sized from the scenario (:func:`clkit.nets.default_backbone`).
 
     Args:
-        backbone: Feature extractor; built from the scenario's input shape by :meth:`bind`.
-        lr: Learning rate.
-        optimizer: ``"sgd"`` or ``"adam"``.
-        momentum: SGD momentum.
-        weight_decay: L2 weight decay.
+        backbone: Feature extractor; a :class:`clkit.nets.Backbone` is built for the stream's input shape by
+            :meth:`bind`. Default: :meth:`build_backbone`.
+        optimizer: ``params -> Optimizer`` (LightningCLI's ``--optimizer``), built afresh for every experience;
+            a class path / ``init_args`` dict is accepted too. Default: SGD at lr 0.01.
+        lr_scheduler: ``optimizer -> scheduler`` (``--lr_scheduler``), stepped every epoch of an experience;
+            ``ReduceLROnPlateau`` monitors ``val/loss``.
+        seed: Seed of the initial weights, of the training randomness of every experience and of every
+            :meth:`generator`; default: torch's initial seed (what ``seed_everything`` set).
     """
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     HEAD_BIAS: ClassVar[bool] = True
     LABEL: ClassVar[Optional[str]] = None  # name in results and tables; default: the class name
 
-    def __init__(self, *, backbone: Optional[Backbone] = None, lr: float = 0.01,
-                 optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+    def __init__(self, *, backbone: Optional[nn.Module] = None, optimizer: OptimizerCallable = SGD,
+                 lr_scheduler: Optional[LRSchedulerCallable] = None, seed: Optional[int] = None) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
-        if lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {lr}")
-        if optimizer not in ("sgd", "adam"):
-            raise ConfigError(f"optimizer={optimizer!r} is not one of 'sgd', 'adam'")
-        # Kept apart from ``hparams``: a subclass's save_hyperparameters records its own signature only.
-        self.optim_config: dict[str, Any] = {"lr": lr, "optimizer": optimizer, "momentum": momentum,
-                                             "weight_decay": weight_decay}
-        self.backbone = backbone
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        self._memory_names: list[str] = []
+        self.register_module("backbone", backbone)  # a slot before the heads even when built later: a fixed order
         self.heads = nn.ModuleList()
-        self.setting: str = ""
-        self.classes_per_task: list[int] = []
-        self.task_ids_at_test = True
-        self.current_experience: Optional[Experience] = None
-        self.eval_row = 0  # row of the accuracy matrix that test_step fills; -1 = untrained model
-        self.test_passes = 1  # test passes per matrix row, each over reshuffled batches (counts add up)
+        self.optimizer = optimizer
+        self.lr_scheduler = lr_scheduler
+        self.optimizer_factory = optimizer_factory(optimizer)
+        self.scheduler_factory = scheduler_factory(lr_scheduler)
+        self.seed: int = int(seed) if seed is not None else -1
+        self._given_seed = seed
+        self.spec: Optional[StreamSpec] = None
+        self._experience: Optional[Experience] = None
         self._epoch_means: dict[str, tuple[Tensor, int, bool]] = {}
-        self.accuracy: Optional[AccuracyMatrix] = None
-        self.init_accuracy: Optional[AccuracyMatrix] = None
+        self.register_memory("experiences_done", 0)
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets ``_current_fx_name`` around every hook call (~45 times per training step), and
@@ -86,35 +105,62 @@ class ContinualModule(pl.LightningModule):
     def label(self) -> str:
         return self.LABEL or type(self).__name__
 
-    # -- binding to a scenario ------------------------------------------------------------------------------------
+    # -- binding to a stream --------------------------------------------------------------------------------------
+    @property
+    def setting(self) -> str:
+        return self.spec.setting if self.spec is not None else ""
+
     @property
     def multi_head(self) -> bool:
         return self.setting == "task-il"
 
     @property
-    def num_tasks(self) -> int:
-        return len(self.classes_per_task)
+    def classes_per_task(self) -> list[int]:
+        return [] if self.spec is None else list(self.spec.classes_per_experience)
 
-    def bind(self, stream: ContinualDataModule) -> None:
-        """Size the network for ``stream``; raises :class:`ConfigError` on an unsupported setting."""
-        setting = stream.setting
-        if setting not in self.SUPPORTED_SCENARIOS:
+    @property
+    def num_tasks(self) -> int:
+        return 0 if self.spec is None else self.spec.n_experiences
+
+    @property
+    def task_ids_at_test(self) -> bool:
+        return self.spec is not None and self.spec.task_ids_at_test
+
+    @property
+    def task_aware(self) -> bool:
+        """Whether :meth:`predict` uses the test batch's task ids (the test matrix is then task-aware)."""
+        return self.multi_head
+
+    @property
+    def current_experience(self) -> Optional[Experience]:
+        """The experience being trained (set by the loop from ``on_experience_start`` to ``on_experience_end``)."""
+        return self._experience
+
+    def bind(self, spec: StreamSpec) -> None:
+        """Size the network for a stream described by ``spec``; a strategy never receives the stream itself.
+
+        Subclasses that build more per-stream structure override this and call ``super().bind(spec)`` first.
+
+        Raises:
+            ConfigError: On an unsupported setting, or a second, different stream.
+        """
+        if not isinstance(spec, StreamSpec):
+            raise ConfigError(f"bind() takes a StreamSpec (e.g. stream.spec), got {type(spec).__name__}")
+        if spec.setting not in self.SUPPORTED_SCENARIOS:
             raise ConfigError(f"{type(self).__name__} supports settings {sorted(self.SUPPORTED_SCENARIOS)}, but "
-                              f"scenario {stream.name} is {setting!r}")
-        per_task = [len(e.classes) for e in stream.experiences]
-        if self.setting:
-            if (self.setting, self.classes_per_task) != (setting, per_task):
-                raise ConfigError(f"{type(self).__name__} is already bound to another stream")
+                              f"scenario {spec.name} is {spec.setting!r}")
+        if self.spec is not None:
+            if self.spec.to_dict() | {"name": ""} != spec.to_dict() | {"name": ""}:
+                raise ConfigError(f"{type(self).__name__} is already bound to another stream ({self.spec.name})")
             return
-        self.setting, self.classes_per_task = setting, per_task
-        self.task_ids_at_test = stream.task_ids_at_test
-        if self.backbone is None:
-            self.backbone = self.build_backbone(stream.input_shape)
-        if isinstance(self.backbone, Backbone):
-            self.backbone.build(stream.input_shape)
-        self.heads = self.build_heads(self._feature_width(stream.input_shape), stream.num_classes)
-        self.accuracy = AccuracyMatrix(len(per_task))
-        self.init_accuracy = AccuracyMatrix(len(per_task), num_rows=1)
+        self.resolve_seed()
+        self.spec = spec
+        with forked_rng(derive_seed(self.seed, "init")):  # initial weights depend on the seed alone
+            if self.backbone is None:
+                self.backbone = self.build_backbone(spec.input_shape)
+            if isinstance(self.backbone, Backbone):
+                self.backbone.build(spec.input_shape)
+            self.heads = self.build_heads(self._feature_width(spec.input_shape), spec.num_classes)
 
     def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
         """The backbone used when the config gives none; override to change the default."""
@@ -127,15 +173,37 @@ class ContinualModule(pl.LightningModule):
 
     def _feature_width(self, input_shape: Sequence[int]) -> int:
         width = getattr(self.backbone, "out_features", None)
-        if isinstance(width, int):
+        if isinstance(width, int) and width > 0:
             return width
         assert self.backbone is not None
         with torch.no_grad():  # a backbone without ``out_features``: measure it
-            return int(self.backbone(torch.zeros(2, *input_shape)).shape[-1])
+            was_training = self.backbone.training
+            self.backbone.eval()
+            width = int(self.backbone(torch.zeros(2, *input_shape)).shape[-1])
+            self.backbone.train(was_training)
+            return width
+
+    # -- randomness -----------------------------------------------------------------------------------------------
+    def resolve_seed(self) -> int:
+        """Fix :attr:`seed`: the constructor's, or else torch's initial seed now (what ``seed_everything`` set).
+
+        :meth:`bind` calls it first; a subclass that needs the seed before ``super().bind`` may call it earlier.
+        """
+        if self.seed < 0:
+            self.seed = int(self._given_seed) if self._given_seed is not None else torch.initial_seed() % 2**63
+        return self.seed
+
+    def generator(self, purpose: str, experience: Optional[int] = None) -> torch.Generator:
+        """A fresh CPU generator for one ``purpose`` (e.g. ``"representation"``) of one experience.
+
+        Seeded from the strategy's seed, the purpose and the experience index only, so draws are reproducible,
+        independent across purposes and never touch the global random state.
+        """
+        return generator(self.resolve_seed(), purpose, experience)
 
     # -- forward --------------------------------------------------------------------------------------------------
     def features(self, x: Tensor) -> Tensor:
-        assert self.backbone is not None, "call bind(stream) first"
+        assert self.backbone is not None, "call bind(spec) first"
         return self.backbone(x)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
@@ -156,7 +224,8 @@ class ContinualModule(pl.LightningModule):
         return out
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
-        """Predicted labels (N,) used for the accuracy matrix; override for special inference."""
+        """Predicted labels (N,) that fill the accuracy matrices (eval mode, no grad); override for special
+        inference. ``t`` holds the batch's task ids; a strategy that reads them is :attr:`task_aware`."""
         return self(x, t).argmax(dim=-1)
 
     # -- Lightning steps ------------------------------------------------------------------------------------------
@@ -186,83 +255,175 @@ class ContinualModule(pl.LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
         self.log("val/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y, t = batch  # under DDP every rank sees all test data (EvalBatches): counts are world_size × exact
-        preds = self.predict(x, t)
-        if self.eval_row < 0:
-            assert self.init_accuracy is not None
-            self.init_accuracy.update(preds, y, train_exp=0, eval_exp=dataloader_idx)
-        else:
-            assert self.accuracy is not None
-            self.accuracy.update(preds, y, train_exp=self.eval_row, eval_exp=dataloader_idx)
-
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, Tensor) and not bool(torch.isfinite(loss).all()):
             exp = self.current_experience.index if self.current_experience else "?"
+            lrs = sorted({float(g["lr"]) for opt in self.trainer.optimizers for g in opt.param_groups})
             raise NonFiniteLossError(f"training loss is {loss.item()} at experience {exp}, epoch "
                                      f"{self.current_epoch}, batch {batch_idx}; try a smaller lr (now "
-                                     f"{self.optim_config['lr']})")
+                                     f"{', '.join(f'{lr:g}' for lr in lrs)})")
 
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.optimizer_parameters() if p.requires_grad]
-        cfg = self.optim_config
-        if cfg["optimizer"] == "adam":
-            return torch.optim.Adam(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-        return torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])
+        """A fresh ``optimizer(optimizer_parameters())`` (and ``lr_scheduler``) for the experience."""
+        optimizer = self.build_optimizer([p for p in self.optimizer_parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        config: dict[str, Any] = {"scheduler": scheduler}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def build_optimizer(self, params: Iterable[Any]) -> Optimizer:
+        """``optimizer(params)``: the injected optimizer over ``params`` (for strategies with several)."""
+        return self.optimizer_factory(params)
 
     def optimizer_parameters(self) -> list[nn.Parameter]:
         """Parameters the optimizer of the current experience updates (default: all)."""
         return list(self.parameters())
 
-    # -- CL hooks -------------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        if stage == "fit" and self.current_experience is not None:
-            self._to_training_device()  # Lightning moves the model only after setup: CL state built here must not
-            self.on_experience_start(self.current_experience)  # land on the CPU when training runs on a GPU
-
-    def on_fit_end(self) -> None:
-        if self.current_experience is not None:
-            self._to_training_device()  # the Trainer's teardown has just moved the model to the CPU
-            self.on_experience_end(self.current_experience)
-
-    def _to_training_device(self) -> None:
-        device = self.trainer.strategy.root_device
-        if self.device != device:
-            self.to(device)
-
     def on_before_optimizer_step(self, optimizer: Optimizer) -> None:
         self.transform_gradients()  # unscaled, accumulated, not yet clipped
 
+    # -- CL hooks -------------------------------------------------------------------------------------------------
     def on_experience_start(self, experience: Experience) -> None:
-        """Called before the optimizer of ``experience`` is built."""
+        """Called by the loop before the experience's Trainer fits (module on the training device)."""
 
     def on_experience_end(self, experience: Experience) -> None:
-        """Called after training on ``experience``, before it is tested; may run forward passes over its data."""
+        """Called after training on ``experience``, before it is evaluated; may run forward passes over its data."""
 
     def transform_gradients(self) -> None:
         """Edit ``p.grad`` in place before each optimizer step (gradient projection, masking, ...)."""
 
-    # -- data and trainer requests --------------------------------------------------------------------------------
-    def train_data(self, seen: Sequence[Experience]) -> TensorData:
-        """Training data for the last experience of ``seen`` (Joint returns the union)."""
-        return seen[-1].train
+    def on_evaluation_start(self, split: Literal["test", "val"], row: int) -> None:
+        """Called before the loop evaluates every experience's ``split`` for matrix row ``row`` (-1: untrained)."""
 
-    def val_data(self, seen: Sequence[Experience]) -> Optional[TensorData]:
-        return seen[-1].val
+    def on_evaluation_end(self, split: Literal["test", "val"], row: int, data: Sequence[TensorData]) -> None:
+        """Called after the loop filled row ``row`` of the ``split`` matrix, with that split of the experiences seen
+        so far (``0..row``; none for the untrained row), for evaluations of a strategy's own (IBCL's preference
+        models)."""
+
+    def _enter_experience(self, experience: Experience) -> None:
+        """The loop's call: record the experience, then :meth:`on_experience_start`. Not an override point."""
+        self._experience = experience
+        self.on_experience_start(experience)
+
+    def _exit_experience(self, experience: Experience) -> None:
+        """The loop's call: :meth:`on_experience_end`, then count the experience. Not an override point."""
+        self.on_experience_end(experience)
+        self.experiences_done = int(self.experiences_done) + 1
+        self._experience = None
+
+    # -- data and trainer requests --------------------------------------------------------------------------------
+    def train_data(self, experience: Experience) -> TensorData:
+        """Training data for ``experience`` (a strategy that needs past data keeps it in its own memory)."""
+        return experience.train
+
+    def val_data(self, experience: Experience) -> Optional[TensorData]:
+        """Validation data seen while fitting ``experience`` (early stopping, best-state selection)."""
+        return experience.val
 
     def trainer_overrides(self, experience: Experience) -> dict[str, Any]:
         """Trainer arguments this strategy needs for ``experience`` (e.g. a different ``max_epochs``)."""
         return {}
 
-    # -- memory and results ---------------------------------------------------------------------------------------
-    def strategy_state_bytes(self) -> int:
-        """Bytes of CL memory (bases, masks, posteriors, ...) beyond the network itself."""
-        return 0
+    # -- CL memory ------------------------------------------------------------------------------------------------
+    def register_memory(self, name: str, value: Any) -> None:
+        """Declare attribute ``name`` as CL memory and set it to ``value``.
 
-    def extra_results(self) -> dict[str, Any]:
-        """Extra JSON-serialisable keys for ``results.json`` (e.g. IBCL's preference results)."""
+        Memory is a tensor or a nested list/tuple/dict of tensors and plain values (bases, masks, posteriors,
+        buffers). The loop saves it in checkpoints (:meth:`memory_state`), restores it (:meth:`load_memory_state`),
+        counts its tensors in ``strategy_state_bytes`` and moves it with the module (``.to(device)``; its dtypes
+        are kept).
+        """
+        if name in self._memory_names:
+            raise ValueError(f"memory {name!r} is registered already")
+        self._memory_names.append(name)
+        setattr(self, name, value)
+
+    def memory_state(self) -> dict[str, Any]:
+        """The CL memory: every registered attribute, as it is."""
+        return {name: getattr(self, name) for name in self._memory_names}
+
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`memory_state` (tensors land on the module's device); override to rebuild caches."""
+        missing = [name for name in self._memory_names if name not in state]
+        if missing:
+            raise ConfigError(f"the checkpoint's CL memory lacks {missing}: it was written by another strategy")
+        device = next(iter(self.parameters()), torch.empty(0)).device
+        for name in self._memory_names:
+            setattr(self, name, _map_tensors(state[name], lambda t: t.to(device)))
+
+    def strategy_state_bytes(self) -> int:
+        """Bytes of CL memory beyond the network: every tensor in :meth:`memory_state`, each storage counted once."""
+        return memory_bytes(self.memory_state())
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> ContinualModule:
+        super()._apply(fn, recurse)
+        if getattr(self, "_memory_names", None):
+            device = fn(torch.zeros(1)).device  # memory follows the module's device, keeping its own dtypes
+            for name in self._memory_names:
+                setattr(self, name, _map_tensors(getattr(self, name), lambda t: t.to(device)))
+        return self
+
+    # -- results and self-describing checkpoints --------------------------------------------------------------------
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
+        """Extra JSON-serialisable keys for ``results.json`` (e.g. IBCL's preference results), given the final
+        (T, T) test matrix."""
         return {}
+
+    def describe(self) -> dict[str, Any]:
+        """How to rebuild this strategy: class path, constructor arguments, optimizer, scheduler and backbone."""
+        cls = type(self)
+        init_args = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.hparams.items()
+                     if not k.startswith("_")}  # (LightningCLI adds ``_class_path``)
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": init_args,
+                "optimizer": describe(self.optimizer), "lr_scheduler": describe(self.lr_scheduler),
+                "backbone": backbone_config(self.backbone), "seed": self.seed}
+
+    @classmethod
+    def from_checkpoint(cls, path: Union[str, Path], backbone: Optional[nn.Module] = None) -> Any:
+        """Rebuild a trained strategy from a run checkpoint (``run_dir/checkpoints/exp{i}.pt``, or a run directory:
+        its latest checkpoint), without its stream.
+
+        The checkpoint names the class, its arguments, the backbone and the stream's :class:`StreamSpec`; pass
+        ``backbone`` for a network the checkpoint cannot name.
+
+        Raises:
+            ConfigError: If ``path`` holds no checkpoint, or one of a strategy that is not a ``cls``.
+        """
+        path = Path(path)
+        if path.is_dir():
+            found = sorted(path.glob("checkpoints/exp*.pt"), key=lambda p: int(p.stem[3:]) if p.stem[3:].isdigit()
+                           else -1)
+            if not found or not found[-1].stem[3:].isdigit():
+                raise ConfigError(f"no experience checkpoints in {path / 'checkpoints'}")
+            path = found[-1]
+        if not path.is_file():
+            raise ConfigError(f"no checkpoint at {path}")
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if "strategy" not in ckpt or "spec" not in ckpt:
+            raise ConfigError(f"{path} is not a clkit experience checkpoint (no strategy or spec)")
+        about = ckpt["strategy"]
+        module, _, name = about["class_path"].rpartition(".")
+        found_cls = getattr(importlib.import_module(module), name)
+        if not issubclass(found_cls, cls):
+            raise ConfigError(f"{path} holds a {found_cls.__name__} run, not a {cls.__name__} one")
+        if backbone is None and about.get("backbone") is not None:
+            b = about["backbone"]
+            b_module, _, b_name = b["class_path"].rpartition(".")
+            backbone = getattr(importlib.import_module(b_module), b_name)(**b["init_args"])
+        kwargs = dict(about["init_args"])
+        kwargs["seed"] = about["seed"]
+        optimizer = about.get("optimizer")
+        if isinstance(optimizer, dict):
+            kwargs["optimizer"] = optimizer
+        strategy: ContinualModule = found_cls(backbone=backbone, **kwargs)
+        strategy.bind(StreamSpec.from_dict(ckpt["spec"]))
+        strategy.load_memory_state(ckpt["memory"])
+        strategy.load_state_dict(ckpt["state_dict"])
+        return strategy
 
 
 def _pad(logits: Tensor, width: int) -> Tensor:
@@ -270,3 +431,29 @@ def _pad(logits: Tensor, width: int) -> Tensor:
         return logits
     pad = logits.new_full((*logits.shape[:-1], width - logits.shape[-1]), float("-inf"))
     return torch.cat([logits, pad], dim=-1)
+
+
+def _map_tensors(value: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    if isinstance(value, Tensor):
+        return fn(value)
+    if isinstance(value, list):
+        return [_map_tensors(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def memory_bytes(value: Any) -> int:
+    """Bytes of the tensors in a nested memory value, each storage counted once."""
+    seen: dict[tuple[int, str], int] = {}
+
+    def visit(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        seen[(storage.data_ptr(), str(t.device))] = max(seen.get((storage.data_ptr(), str(t.device)), 0),
+                                                        t.numel() * t.element_size())
+        return t
+
+    _map_tensors(value, visit)
+    return sum(seen.values())

@@ -6,12 +6,14 @@ A backbone is configured without knowing the data (``MLP(hidden=[256, 256])`` in
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor, nn
 
-__all__ = ["MLP", "Backbone", "SmallCNN", "count_parameters", "default_backbone", "tensor_bytes"]
+__all__ = ["MLP", "Backbone", "SmallCNN", "backbone_config", "count_parameters", "default_backbone", "tensor_bytes"]
 
 
 class Backbone(nn.Module):
@@ -120,3 +122,26 @@ def count_parameters(module: nn.Module) -> int:
 def tensor_bytes(*tensors: Tensor) -> int:
     """Bytes held by ``tensors`` (helper for ``strategy_state_bytes``)."""
     return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def backbone_config(module: nn.Module | None) -> dict[str, Any] | None:
+    """``{"class_path", "init_args"}`` of a backbone whose constructor arguments are stored under their own names.
+
+    Every clkit backbone keeps its arguments as attributes (scikit-learn's convention), so a checkpoint can name the
+    network it was trained with. ``None`` for a module that does not (it must then be passed again to rebuild).
+    """
+    if module is None:
+        return None
+    cls = type(module)
+    args: dict[str, Any] = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if not hasattr(module, name):
+            return None
+        value = getattr(module, name)
+        value = list(value) if isinstance(value, tuple) else value
+        if not isinstance(value, (int, float, str, bool, list, type(None))):
+            return None
+        args[name] = value
+    return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": args}

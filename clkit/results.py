@@ -1,65 +1,126 @@
-"""A run's outputs (DESIGN.md §2.4): ``results.json``, ``accuracy_matrix.png``; atomic writes throughout."""
+"""A run's outputs: :class:`StreamResult`, ``results.json`` and ``accuracy_matrix.png`` (atomic writes throughout)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
 import clkit
+from clkit._io import replace_atomic
 from clkit._io import write_json_atomic as write_json
-from clkit._io import write_text_atomic
+from clkit.data import StreamSpec
 from clkit.errors import DataError
-from clkit.loop import StreamRun
 from clkit.metrics import stream_metrics
+from clkit.module import ContinualModule
 
-__all__ = ["RESULT_KEYS", "build_results", "plot_matrix", "read_results", "write_json", "write_run_outputs", "write_text_atomic"]
+__all__ = ["RESULT_KEYS", "StreamResult", "build_results", "partial_results", "plot_matrix", "read_results",
+           "write_json", "write_run_outputs"]
 
 RESULT_KEYS = ("clkit_version", "strategy", "scenario", "setting", "seed", "n_experiences", "accuracy_matrix",
-               "random_init_accuracy", "metrics", "per_experience", "strategy_state_bytes", "wall_seconds", "config")
+               "val_accuracy_matrix", "evaluation", "random_init_accuracy", "metrics", "per_experience",
+               "strategy_state_bytes", "wall_seconds", "config")
 
 
 def _floats(t: Tensor) -> Any:
-    return [[round(float(v), 6) for v in row] for row in t] if t.ndim == 2 else [round(float(v), 6) for v in t]
+    def one(v: Any) -> Optional[float]:
+        v = float(v)
+        return None if math.isnan(v) else round(v, 6)
+
+    return [[one(v) for v in row] for row in t] if t.ndim == 2 else [one(v) for v in t]
 
 
-def build_results(run: StreamRun, *, seed: int | None, config: dict[str, Any]) -> dict[str, Any]:
+@dataclass
+class StreamResult:
+    """What one pass over a stream produced; :meth:`results` is the ``results.json`` content."""
+
+    strategy: ContinualModule
+    spec: StreamSpec
+    accuracy_matrix: Tensor
+    """(T, T): row i after training experience i, column j the test data of experience j."""
+    val_accuracy_matrix: Optional[Tensor]
+    """(T, T) on each experience's validation split, or ``None`` when the stream has none (tune on this)."""
+    random_init_accuracy: Tensor
+    """(T,): the untrained model on each test experience."""
+    per_experience: list[dict[str, Any]]
+    wall_seconds: float
+    test_passes: int = 1
+    val_random_init_accuracy: Optional[Tensor] = None
+    """(T,): the untrained model on each validation split (``None`` without validation splits)."""
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """``acc``, ``bwt``, ``fwt``, ``forgetting``, ``learning_acc`` of the test matrix (fractions)."""
+        return stream_metrics(self.accuracy_matrix, self.random_init_accuracy)
+
+    @property
+    def val_metrics(self) -> Optional[dict[str, float]]:
+        """The same metrics on the validation matrix (what tuning may read); ``None`` without validation splits."""
+        if self.val_accuracy_matrix is None or self.val_random_init_accuracy is None:
+            return None
+        return stream_metrics(self.val_accuracy_matrix, self.val_random_init_accuracy)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        """How test batches were evaluated: whether the predictions used their task ids."""
+        aware = bool(self.strategy.task_aware)
+        return {"task_ids": aware, "mode": "task-aware" if aware else "task-agnostic",
+                "scenario_gives_task_ids": self.spec.task_ids_at_test, "test_passes": self.test_passes}
+
+    def results(self, *, seed: Optional[int] = None, config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        """The ``results.json`` content (see README, "A run's outputs")."""
+        return build_results(self, seed=seed, config=config or {})
+
+    def save(self, run_dir: Path | str, *, seed: Optional[int] = None,
+             config: Optional[dict[str, Any]] = None) -> Path:
+        """Write ``results.json`` and ``accuracy_matrix.png`` to ``run_dir``; returns the results path."""
+        path = Path(run_dir)
+        write_run_outputs(path, self.results(seed=seed, config=config))
+        return path / "results.json"
+
+
+def build_results(result: StreamResult, *, seed: Optional[int], config: dict[str, Any]) -> dict[str, Any]:
     """The ``results.json`` content of a finished run; metrics are recomputed from the stored matrix."""
-    acc, init = run.accuracy_matrix, run.random_init_accuracy
+    acc, init = result.accuracy_matrix, result.random_init_accuracy
     out: dict[str, Any] = {
         "clkit_version": clkit.__version__,
-        "strategy": run.strategy.label,
-        "scenario": run.stream.name,
-        "setting": run.stream.setting,
+        "strategy": result.strategy.label,
+        "scenario": result.spec.name,
+        "setting": result.spec.setting,
         "seed": seed,
         "n_experiences": int(acc.shape[0]),
         "accuracy_matrix": _floats(acc),
+        "val_accuracy_matrix": None if result.val_accuracy_matrix is None else _floats(result.val_accuracy_matrix),
+        "evaluation": result.evaluation,
         "random_init_accuracy": _floats(init),
-        "metrics": {k: round(v, 6) for k, v in stream_metrics(acc, init).items()},
-        "per_experience": run.per_experience,
-        "strategy_state_bytes": int(run.strategy.strategy_state_bytes()),
-        "wall_seconds": round(run.wall_seconds, 3),
+        "metrics": {k: round(v, 6) for k, v in result.metrics.items()},
+        "val_metrics": None if result.val_metrics is None else {k: round(v, 6) for k, v in result.val_metrics.items()},
+        "per_experience": result.per_experience,
+        "strategy_state_bytes": int(result.strategy.strategy_state_bytes()),
+        "wall_seconds": round(result.wall_seconds, 3),
         "config": config,
     }
-    for key, value in run.strategy.extra_results().items():
+    for key, value in result.strategy.extra_results(acc).items():
         if key in out:
             raise ValueError(f"strategy result key {key!r} clashes with a fixed results.json key")
         out[key] = value
     return out
 
 
-def partial_results(run: StreamRun, *, seed: int | None, config: dict[str, Any], error: str) -> dict[str, Any]:
-    """What a run that stopped early has: the completed rows of the matrix and the error."""
-    done = run.completed
-    rows = _floats(run.accuracy_matrix[:done]) if run.strategy.accuracy is not None else []
-    return {"clkit_version": clkit.__version__, "strategy": run.strategy.label, "scenario": run.stream.name,
-            "seed": seed, "completed_experiences": done, "accuracy_matrix_rows": rows,
-            "per_experience": run.per_experience, "error": error, "config": config}
+def partial_results(result: StreamResult, completed: int, *, seed: Optional[int], config: dict[str, Any],
+                    error: str) -> dict[str, Any]:
+    """What a run that stopped early has: the completed rows of the matrices and the error."""
+    val = result.val_accuracy_matrix
+    return {"clkit_version": clkit.__version__, "strategy": result.strategy.label, "scenario": result.spec.name,
+            "seed": seed, "completed_experiences": completed,
+            "accuracy_matrix_rows": _floats(result.accuracy_matrix[:completed]) if completed else [],
+            "val_accuracy_matrix_rows": _floats(val[:completed]) if completed and val is not None else [],
+            "per_experience": result.per_experience, "error": error, "config": config}
 
 
 def read_results(path: Path) -> dict[str, Any]:
@@ -101,11 +162,8 @@ def plot_matrix(path: Path, matrix: Tensor, title: str = "") -> None:
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    replace_atomic(lambda tmp: fig.savefig(tmp, dpi=110), path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_run_outputs(run_dir: Path, results: dict[str, Any]) -> None:
@@ -114,4 +172,5 @@ def write_run_outputs(run_dir: Path, results: dict[str, Any]) -> None:
     m = results["metrics"]
     title = (f"{results['strategy']} on {results['scenario']} (seed {results['seed']})\n"
              f"acc {m['acc']:.3f}  bwt {m['bwt']:+.3f}  fwt {m['fwt']:+.3f}  forgetting {m['forgetting']:.3f}")
-    plot_matrix(run_dir / "accuracy_matrix.png", torch.tensor(results["accuracy_matrix"]), title)
+    matrix = torch.tensor([[math.nan if v is None else v for v in row] for row in results["accuracy_matrix"]])
+    plot_matrix(run_dir / "accuracy_matrix.png", matrix, title)

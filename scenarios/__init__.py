@@ -26,9 +26,10 @@ from scenarios.classic import (  # noqa: E402
 )
 from scenarios.digits import PermutedDigits, SplitDigits
 from scenarios.features import FeatureStream
+from scenarios.ibcl_toy import BinaryDigits
 from scenarios.toy import ToyPermuted, ToyShared, ToySplit
 
-__all__ = ["CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "NewsgroupPairs",
+__all__ = ["BinaryDigits", "CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "NewsgroupPairs",
            "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
            "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "TinyImageNetPairs", "ToyPermuted", "ToyShared",
            "ToySplit"]

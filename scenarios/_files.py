@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 import torch
 
+from clkit._io import save_torch_atomic
 from clkit.data import Experience
 from clkit.errors import DataError
 
@@ -138,8 +139,6 @@ def save_cached(cache_dir: Optional[str], key: str, experiences: list[Experience
     path = folder / key
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # one temporary file per process (DDP ranks build together)
-        torch.save(experiences, tmp)
-        os.replace(tmp, path)
+        save_torch_atomic(path, experiences)  # a temporary file per process: DDP ranks build together
     except OSError as err:
         warnings.warn(f"could not write the scenario cache {path}: {err}", stacklevel=2)

@@ -26,7 +26,8 @@ def materialise(dataset: Dataset, task_id: int, batch_size: int = 1024) -> Tenso
 
     The task id of every sample is set to ``task_id`` (clkit's task id is the experience's position).
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    # a private generator: a DataLoader iterator otherwise draws its base seed from the global RNG
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0, generator=torch.Generator())
     xs: list[Tensor] = []
     ys: list[Tensor] = []
     for batch in loader:

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from clkit.data import Experience
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.ibcl_toy import RotatingBinary
+from strategies.ibcl import IBCL
 from strategies.ibcl.bayes import num_params, to_sequential
 from strategies.ibcl.credal import preferences
-from strategies.ibcl import IBCL
 
 HIDDEN = [192, 16]
 

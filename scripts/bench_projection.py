@@ -33,10 +33,10 @@ from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from clkit.module import ContinualModule
 from clkit.nets import MLP, Backbone
-from strategies.projection.nets import AlexNetGPM
+from strategies.naive import Naive
 from strategies.projection.cuber import CUBER
 from strategies.projection.gpm import GPM
-from strategies.naive import Naive
+from strategies.projection.nets import AlexNetGPM
 from strategies.projection.trgp import TRGP
 
 TARGETS = {"GPM": 1.3, "TRGP": 2.0, "CUBER": 2.0}

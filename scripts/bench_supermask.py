@@ -27,9 +27,9 @@ import torch
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.toy import ToySplit
-from strategies.supermask.nets import MaskedGEMResNet18
-from strategies.supermask.exssnet import ExSSNeT
 from strategies.naive import Naive
+from strategies.supermask.exssnet import ExSSNeT
+from strategies.supermask.nets import MaskedGEMResNet18
 from strategies.supermask.supsup import MaskedCNN, MaskedMLP, SupSup
 
 

@@ -1,17 +1,16 @@
-"""clkit strategies. Importing this package makes every strategy resolvable by name in configs.
+"""clkit strategies. Importing this package makes every strategy resolvable by its short name in configs.
 
-``STRATEGIES`` is the explicit registry: every class here, in the order the README lists them.
+The baselines are small modules here (``naive``, ``joint``, ``ewc``); each method family is a sub-package with its
+methods, math and protocol networks: :mod:`strategies.projection` (GPM, TRGP, CUBER), :mod:`strategies.supermask`
+(SupSup, ExSSNeT) and :mod:`strategies.ibcl` (IBCL). ``STRATEGIES`` is the explicit registry, in README order.
 """
 
-from strategies.projection.cuber import CUBER
 from strategies.ewc import EWC
-from strategies.supermask.exssnet import ExSSNeT
-from strategies.projection.gpm import GPM
 from strategies.ibcl import IBCL
 from strategies.joint import Joint
 from strategies.naive import Naive
-from strategies.supermask.supsup import SupSup
-from strategies.projection.trgp import TRGP
+from strategies.projection import CUBER, GPM, TRGP
+from strategies.supermask import ExSSNeT, SupSup
 
 __all__ = ["CUBER", "EWC", "GPM", "IBCL", "STRATEGIES", "TRGP", "ExSSNeT", "Joint", "Naive", "SupSup"]
 

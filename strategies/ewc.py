@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -12,7 +12,6 @@ from torch.func import functional_call, grad, vmap
 from clkit.data import Experience, make_loader
 from clkit.errors import ConfigError
 from clkit.module import ContinualModule
-from clkit.nets import Backbone, tensor_bytes
 
 __all__ = ["EWC", "diagonal_fisher", "ewc_penalty"]
 
@@ -67,49 +66,39 @@ class EWC(ContinualModule):
         mode: ``"separate"`` or ``"online"``.
         decay: Fisher decay of the online mode.
         fisher_samples: Training samples used to estimate the Fisher.
+        **kwargs: :class:`clkit.ContinualModule` arguments (``backbone``, ``optimizer``, ``lr_scheduler``, ``seed``).
     """
 
     def __init__(self, *, ewc_lambda: float = 100.0, mode: Literal["separate", "online"] = "separate",
-                 decay: float = 1.0, fisher_samples: int = 1024, backbone: Optional[Backbone] = None,
-                 lr: float = 0.01, optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+                 decay: float = 1.0, fisher_samples: int = 1024, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if ewc_lambda < 0:
             raise ConfigError(f"ewc_lambda must be >= 0, got {ewc_lambda}")
         if mode not in ("separate", "online"):
             raise ConfigError(f"mode={mode!r} is not one of 'separate', 'online'")
-        self.fishers: list[Params] = []
-        self.anchors: list[Params] = []
+        if fisher_samples < 1:
+            raise ConfigError(f"fisher_samples must be >= 1, got {fisher_samples}")
+        self.ewc_lambda, self.mode, self.decay, self.fisher_samples = ewc_lambda, mode, decay, fisher_samples
+        self.register_memory("fishers", [])  # per penalty: {parameter name: F}
+        self.register_memory("anchors", [])  # per penalty: {parameter name: theta*}
 
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y, t = batch
         ce = F.cross_entropy(self(x, t), y)
         loss = ce
-        if self.fishers and self.hparams.ewc_lambda > 0:
+        if self.fishers and self.ewc_lambda > 0:
             params = dict(self.named_parameters())
             penalty = torch.stack([ewc_penalty(params, f, a) for f, a in zip(self.fishers, self.anchors)]).sum()
-            loss = ce + self.hparams.ewc_lambda * penalty
+            loss = ce + self.ewc_lambda * penalty
             self.log_epoch_mean("train/ewc_penalty", penalty, len(y), prog_bar=False)
         self.log_epoch_mean("train/loss", loss, len(y))
         return loss
 
     def on_experience_end(self, experience: Experience) -> None:
-        fisher = diagonal_fisher(self, experience, self.hparams.fisher_samples)
+        fisher = diagonal_fisher(self, experience, self.fisher_samples)
         anchor = {n: p.detach().clone() for n, p in self.named_parameters() if n in fisher}
-        if self.hparams.mode == "online" and self.fishers:
-            fisher = {n: self.hparams.decay * self.fishers[0][n] + f for n, f in fisher.items()}
+        if self.mode == "online" and self.fishers:
+            fisher = {n: self.decay * self.fishers[0][n] + f for n, f in fisher.items()}
             self.fishers, self.anchors = [], []
-        self.fishers.append(fisher)
-        self.anchors.append(anchor)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ewc"] = {"fishers": self.fishers, "anchors": self.anchors}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("ewc", {"fishers": [], "anchors": []})
-        self.fishers = [{n: v.to(self.device) for n, v in f.items()} for f in state["fishers"]]
-        self.anchors = [{n: v.to(self.device) for n, v in a.items()} for a in state["anchors"]]
-
-    def strategy_state_bytes(self) -> int:
-        return sum(tensor_bytes(*f.values(), *a.values()) for f, a in zip(self.fishers, self.anchors))
+        self.fishers = [*self.fishers, fisher]
+        self.anchors = [*self.anchors, anchor]

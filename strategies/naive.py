@@ -11,5 +11,6 @@ class Naive(ContinualModule):
     """Naive fine-tuning, the lower bound every continual-learning paper reports.
 
     Trains the same network on each experience with a fresh optimizer and nothing else. Supports task-IL,
-    domain-IL and class-IL.
+    domain-IL and class-IL. Arguments: those of :class:`clkit.ContinualModule` (``backbone``, ``optimizer``,
+    ``lr_scheduler``, ``seed``).
     """

@@ -45,8 +45,16 @@ def _init_args(target: Any) -> list[str]:
     if isinstance(target, str):
         module, _, name = target.rpartition(".")
         target = getattr(importlib.import_module(module), name)
-    params = inspect.signature(target.__init__).parameters.values()
-    return [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    names: list[str] = []
+    for cls in target.__mro__ if inspect.isclass(target) else [target]:  # **kwargs: the parents' arguments too
+        if "__init__" not in vars(cls):
+            continue
+        params = inspect.signature(vars(cls)["__init__"]).parameters.values()
+        names += [p.name for p in params if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+                  and p.name not in names]
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
 
 
 def _names(package: str) -> list[str]:

@@ -30,7 +30,8 @@ def _default_config() -> str:
 
 
 def _build_cli(args: list[str]) -> Any:
-    from pytorch_lightning.cli import LightningCLI
+    from pytorch_lightning.cli import LightningCLI, LRSchedulerTypeTuple
+    from torch.optim import Optimizer
 
     import scenarios  # noqa: F401  (imported so that short class names such as --data SplitDigits resolve)
     import strategies  # noqa: F401  (likewise --model GPM)
@@ -43,9 +44,21 @@ def _build_cli(args: list[str]) -> Any:
                                 help="output directory (default: runs/<strategy>-<scenario>-seed<seed>-<time>)")
             parser.add_argument("--resume", type=Optional[str], default=None,
                                 help="continue the run in this directory after its last completed experience")
+            parser.add_argument("--test_passes", type=int, default=1,
+                                help="evaluation passes per accuracy-matrix row, over reshuffled batches (for "
+                                     "networks that normalise with test-batch statistics)")
+            # --optimizer / --lr_scheduler as in LightningCLI; they replace the strategy's own defaults
+            parser.add_optimizer_args((Optimizer,))
+            parser.add_lr_scheduler_args(LRSchedulerTypeTuple)
+
+        def before_instantiate_classes(self) -> None:
+            for key in ("optimizer", "lr_scheduler"):  # a top-level section replaces the strategy's argument
+                if self.config.get(key) is not None:
+                    self.config.model.init_args[key] = self.config[key]
 
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         args = ["--config", _default_config(), *args]
+    args = _strategy_optimizer_args(args)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv and args both hold arguments
     try:
         return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
@@ -65,16 +78,23 @@ def _build_cli(args: list[str]) -> Any:
         sys.argv = argv
 
 
+def _strategy_optimizer_args(args: list[str]) -> list[str]:
+    """``--optimizer.lr 0.1`` without ``--optimizer CLASS`` changes the strategy's own optimizer (its
+    ``model.init_args.optimizer``); with a class, ``--optimizer`` replaces it, as in LightningCLI."""
+    if any(a == "--optimizer" or a.startswith("--optimizer=") for a in args):
+        return args
+    return [("--model.init_args.optimizer." + a[len("--optimizer."):]) if a.startswith("--optimizer.") else a
+            for a in args]
+
+
 def run_fit(args: list[str]) -> Path:
     """Parse ``clkit fit`` arguments, run the experiment, write the outputs; returns the run directory."""
-    import logging
+    from clkit.loop import StreamRun, quiet_lightning
+    from clkit.results import partial_results, write_json, write_run_outputs
 
-    from clkit.loop import StreamRun
-    from clkit.results import build_results, partial_results, write_json, write_run_outputs
-
-    # A Trainer per experience would repeat Lightning's start-up notes (devices, tips, "fit stopped") T times.
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()  # a Trainer per experience would repeat Lightning's start-up notes T times
+    if str(Path.cwd()) not in sys.path and "" not in sys.path:
+        sys.path.append(str(Path.cwd()))  # --model mypkg.MyStrategy from the working directory (after clkit's own)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # losses are per epoch
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's use of a torch deprecation
     cli = _build_cli(args)
@@ -86,16 +106,18 @@ def run_fit(args: list[str]) -> Path:
     config = _resolved_config(cli)
     _check_config(run_dir, config, resuming=bool(resume))
     make_trainer, logger = _trainer_factory(cli, run_dir)
-    run = StreamRun(model, data, make_trainer, run_dir=run_dir, logger=logger, verbose=True)
+    run = StreamRun(model, data, make_trainer, run_dir=run_dir, logger=logger, verbose=True,
+                    test_passes=int(cfg.get("test_passes") or 1), about={"config": config})
     try:
-        run.run(resume=bool(resume))
+        result = run.run(resume=bool(resume))
     except ClkitError as err:
         if not run.completed or not _is_rank_zero():
             raise
-        write_json(run_dir / "results.partial.json", partial_results(run, seed=seed, config=config, error=str(err)))
+        write_json(run_dir / "results.partial.json",
+                   partial_results(run.result(), run.completed, seed=seed, config=config, error=str(err)))
         raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
                          f"continue with --resume {run_dir})") from None
-    results = build_results(run, seed=seed, config=config)
+    results = result.results(seed=seed, config=config)
     if not _is_rank_zero():  # under DDP every rank holds the same results; one writes them
         return run_dir
     write_run_outputs(run_dir, results)
@@ -133,14 +155,14 @@ def _earlier_run(run_dir: Path) -> list[str]:
 def _resolved_config(cli: Any) -> dict[str, Any]:
     dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
     config = yaml.safe_load(dumped)
-    for key in ("config", "run_dir", "resume", "print_config"):
-        config.pop(key, None)
+    for key in ("config", "run_dir", "resume", "print_config", "optimizer", "lr_scheduler"):
+        config.pop(key, None)  # (--optimizer/--lr_scheduler were merged into model.init_args)
     return config
 
 
 def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
     """Save the config beside the run; a resumed run must use the same one."""
-    from clkit.results import write_text_atomic
+    from clkit._io import write_text_atomic
 
     path = run_dir / "config.yaml"
     if run_dir.exists() and not run_dir.is_dir():

@@ -6,13 +6,12 @@ per setting of the other swept keys), strategies along the other axis. Files are
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clkit._io import replace_atomic
 from clkit.cli.aggregate import Group
 
 __all__ = ["mean_matrix", "plot_bars", "plot_matrix_grid"]
@@ -31,11 +30,8 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: Path) -> None:
     plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    replace_atomic(lambda tmp: fig.savefig(tmp, dpi=110), path)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _unique(items: list[Any]) -> list[Any]:

@@ -10,7 +10,6 @@ SWEEP_DIR`` then aggregates all of them. See ``docs/sweeps.md``.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any

@@ -6,8 +6,8 @@ Example::
     clkit ibcl-generate --run runs/ibcl-digits --preference 0.5 0.5 --mode mean --out model.pt \\
         --pareto 0 1 --plot pareto.png
 
-The run directory's ``config.yaml`` gives the backbone (if any) and the scenario, rebuilt to select a model on
-validation data (``--mode select``, the default) and to draw Pareto fronts. The model is saved with
+The run's checkpoint describes the strategy, its backbone and the validation data that ``--mode select`` (the
+default) chooses on; the run directory's ``config.yaml`` gives the scenario whose test data ``--pareto`` plots. The model is saved with
 ``torch.save(model)`` (load it with ``torch.load(path, weights_only=False)``); it maps raw inputs to logits.
 """
 
@@ -47,8 +47,8 @@ def _instantiate(section: Any, base: type) -> Any:
     """Instantiate a ``class_path``/``init_args`` config section with jsonargparse."""
     from jsonargparse import ArgumentParser
 
-    import scenarios
-    import strategies
+    import scenarios  # noqa: F401  (short class names in the run's config resolve)
+    import strategies  # noqa: F401
 
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--obj", type=base)
@@ -64,26 +64,23 @@ def main(argv: list[str] | None = None) -> Path | None:
     """Run the command; returns the path of the saved model (``None`` after ``--help``)."""
     from clkit.cli.errors import parse_subcommand
     from clkit.data import ContinualDataModule
-    from strategies.ibcl.plot import pareto_points, plot_pareto
     from strategies.ibcl import IBCL
+    from strategies.ibcl.plot import pareto_points, plot_pareto
 
     args = parse_subcommand(_parser(), list(sys.argv[1:] if argv is None else argv), "ibcl-generate")
     if args is None:  # --help
         return None
     config = _load_config(args.run)
     section = (config.get("model") or {}).get("init_args", {}).get("backbone")
-    backbone = _instantiate(section, Backbone) if section else None
+    backbone = _instantiate(section, Backbone) if section else None  # (checkpoints name clkit backbones themselves)
     module = IBCL.from_checkpoint(args.checkpoint or args.run, backbone=backbone)
     data = None
-    if args.mode == "select" or args.pareto:
+    if args.pareto:
         if not config.get("data"):
-            raise ConfigError(f"{args.run} has no config.yaml with a data section; use --mode mean or sample")
-        stream = _instantiate(config["data"], ContinualDataModule)
-        data = stream.experiences
-    val = None if data is None else [e.val if e.val is not None else e.train for e in data[: len(args.preference)]]
+            raise ConfigError(f"{args.run} has no config.yaml with a data section to test the Pareto front on")
+        data = _instantiate(config["data"], ContinualDataModule).experiences
     start = time.perf_counter()
-    model = module.generate(args.preference, mode=args.mode, num_samples=args.num_samples, seed=args.seed,
-                            val_data=val)
+    model = module.generate(args.preference, mode=args.mode, num_samples=args.num_samples, seed=args.seed)
     seconds = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model, args.out)

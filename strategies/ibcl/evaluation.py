@@ -1,8 +1,8 @@
 """IBCL's options (clean vs. faithful) and its per-stage evaluation: preferences -> HDRs -> sampled models ->
-validation selection -> test accuracies and the preference metrics of spec sections 7-8.
+validation selection -> test accuracies and the preference metrics (``docs/methods/ibcl.md``).
 
 Everything here works on a :class:`~strategies.ibcl.credal.KnowledgeBase`, flat parameter vectors and plain
-:class:`~clkit.data.TensorData`; the Lightning module only calls :func:`evaluate_stage`.
+:class:`~clkit.data.TensorData`; the Lightning module only calls :func:`select_stage` and :func:`test_stage`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from clkit.data import Experience, TensorData
+from clkit.data import TensorData
 from strategies.ibcl.bayes import mlp_forward
 from strategies.ibcl.credal import KnowledgeBase, PreferenceKind, combination_weights, preferences, stage_seed
 from strategies.ibcl.hdr import HDR, Combine, SamplePer, build_hdr, paper_alpha
@@ -27,7 +27,8 @@ from strategies.ibcl.metrics import (
     select_by_validation,
 )
 
-__all__ = ["IBCLOptions", "draw_models", "evaluate_stage", "region", "resolve_options", "task_accuracies"]
+__all__ = ["IBCLOptions", "StageSelection", "draw_models", "region", "resolve_options", "select_stage", "task_accuracies",
+           "test_stage"]
 
 Features = Callable[[Tensor], Tensor]
 
@@ -126,55 +127,74 @@ def _predictions(thetas: Tensor, data: TensorData, stop: int, features: Features
     return torch.cat(preds, dim=1) if preds else thetas.new_zeros(thetas.shape[0], 0, dtype=torch.long)
 
 
-def _split(exp: Experience) -> TensorData:
-    return exp.val if exp.val is not None else exp.train
+@dataclass
+class StageSelection:
+    """The models chosen on validation data at one stage (see :func:`select_stage`), before they are tested."""
+
+    stage: int
+    prefs: Tensor
+    """(M, L): the stage's preferences."""
+    all_prefs: Tensor
+    """(M+1, L): the preferences plus the uniform one (last)."""
+    samples: Tensor
+    """(M+1, K, P): the models sampled from each preference's HDR."""
+    means: Tensor
+    """(M+1, P): each HDR's centre."""
+    val: Tensor
+    """(M+1, K, L): validation accuracy of every sample on every task."""
+    selected: list[int]
+    """Per preference, the index of the sample chosen by preference-weighted validation accuracy."""
+
+    @property
+    def theta(self) -> Tensor:
+        """(P,): the model selected for the uniform preference, which fills the accuracy matrix."""
+        return self.samples[-1, self.selected[-1]].clone()
 
 
-def evaluate_stage(kb: KnowledgeBase, seen: Sequence[Experience], features: Features, sizes: Sequence[int],
-                   segments: Sequence[int], opts: IBCLOptions, *, seed: int) -> tuple[dict[str, Any], Tensor]:
-    """Spec sections 6-8 at stage ``i = len(seen) - 1``.
+def select_stage(kb: KnowledgeBase, val_sets: Sequence[TensorData], features: Features, sizes: Sequence[int],
+                 segments: Sequence[int], opts: IBCLOptions, *, seed: int) -> StageSelection:
+    """Preferences -> HDRs -> ``K`` sampled models each -> one selected per preference on validation data.
 
-    Draws the stage's ``M`` preferences (a pure function of ``seed`` and the stage) plus the uniform one, samples
-    ``K`` models from each HDR, selects one per preference on validation data (the training split of a task with
-    no validation split), and tests them.
-
-    Returns:
-        ``(result, theta)``: a JSON-serialisable dict of the stage's results, and the parameter vector (P,) selected
-        for the uniform preference, which fills the accuracy matrix.
+    Stage ``i = len(val_sets) - 1``; the ``M`` preferences are a pure function of ``seed`` and the stage, and the
+    uniform preference is added last.
     """
-    stage, n_tasks, k = len(seen) - 1, len(seen), opts.num_samples
+    stage, n_tasks, k = len(val_sets) - 1, len(val_sets), opts.num_samples
     prefs = preferences(stage, opts.num_preferences, seed=seed, kind=opts.preference_kind)  # (M, L)
     all_prefs = torch.cat([prefs, torch.full((1, n_tasks), 1.0 / n_tasks, dtype=torch.float64)])  # (M+1, L)
     gen = torch.Generator().manual_seed(stage_seed(seed, stage) + 1)
     hdrs = [region(kb, w, opts, gen) for w in all_prefs]
     samples = torch.stack([draw_models(h, k, opts, segments, gen) for h in hdrs])  # (M+1, K, P)
     n_p, p = all_prefs.shape[0], samples.shape[-1]
-    flat = samples.reshape(n_p * k, p)  # (M+1, K, P) -> ((M+1)K, P)
-    means = torch.stack([h.mean for h in hdrs])  # (M+1, P)
-    bs = opts.eval_batch_size
-    test = task_accuracies(torch.cat([flat, means]), [e.test for e in seen], features, sizes, batch_size=bs,
-                           drop_last=opts.eval_drop_last)  # ((M+1)(K+1), L)
-    val = task_accuracies(flat, [_split(e) for e in seen], features, sizes, batch_size=bs)
-    val = val.reshape(n_p, k, n_tasks)  # ((M+1)K, L) -> (M+1, K, L)
+    val = task_accuracies(samples.reshape(n_p * k, p), list(val_sets), features, sizes,
+                          batch_size=opts.eval_batch_size).reshape(n_p, k, n_tasks)  # ((M+1)K, L) -> (M+1, K, L)
+    selected = [select_by_validation(val[i], all_prefs[i]) for i in range(n_p)]
+    return StageSelection(stage, prefs, all_prefs, samples, torch.stack([h.mean for h in hdrs]), val, selected)
+
+
+def test_stage(sel: StageSelection, kb: KnowledgeBase, tests: Sequence[TensorData], features: Features,
+               sizes: Sequence[int], opts: IBCLOptions) -> dict[str, Any]:
+    """Test the stage's models on the test data of tasks ``0..i``: the preference metrics, as a JSON-able dict."""
+    n_p, k, n_tasks = sel.samples.shape[0], sel.samples.shape[1], len(tests)
+    flat = sel.samples.reshape(n_p * k, -1)  # (M+1, K, P) -> ((M+1)K, P)
+    test = task_accuracies(torch.cat([flat, sel.means]), list(tests), features, sizes,
+                           batch_size=opts.eval_batch_size, drop_last=opts.eval_drop_last)  # ((M+1)(K+1), L)
     test_s, test_mean = test[: n_p * k].reshape(n_p, k, n_tasks), test[n_p * k :]
-    sel = [select_by_validation(val[i], all_prefs[i]) for i in range(n_p)]
-    selected = torch.stack([test_s[i, sel[i]] for i in range(n_p)])  # (M+1, L)
-    m = prefs.shape[0]
+    chosen = torch.stack([test_s[i, sel.selected[i]] for i in range(n_p)])  # (M+1, L)
+    m, prefs = sel.prefs.shape[0], sel.prefs
     oracle = torch.stack([oracle_per_task(test_s[i]) for i in range(m)])  # (M, L)
-    reported = selected[:m] if opts.selection == "validation" else oracle
+    reported = chosen[:m] if opts.selection == "validation" else oracle
     per_task = preference_weighted_accuracy(prefs, reported)
-    result = {
-        "stage": stage, "preferences": prefs.tolist(),
+    return {
+        "stage": sel.stage, "preferences": prefs.tolist(),
         "selection": "validation" if opts.selection == "validation" else "test-oracle",
-        "selected_index": sel[:m], "reported_test_acc": reported.tolist(),
+        "selected_index": sel.selected[:m], "reported_test_acc": reported.tolist(),
         "sample_test_acc_mean": test_s[:m].mean(1).tolist(), "sample_test_acc_min": test_s[:m].min(1).values.tolist(),
         "sample_test_acc_max": test_s[:m].max(1).values.tolist(), "mean_model_test_acc": test_mean[:m].tolist(),
         "per_task_acc": per_task.tolist(), "avg_per_task_acc": average_per_task(per_task),
         "peak_per_task_acc": peak_per_task(per_task), "bt_ibcl": bt_ibcl(per_task),
         "per_task_acc_mean_model": preference_weighted_accuracy(prefs, test_mean[:m]).tolist(),
         "per_task_acc_sample_mean": preference_weighted_accuracy(prefs, test_s[:m].mean(1)).tolist(),
-        "matrix_model": {"preference": all_prefs[m].tolist(), "val_acc": val[m, sel[m]].tolist(),
-                         "test_acc": selected[m].tolist()},
-        "kb_size": len(kb), "slots": kb.slots[stage], "nn_distances": kb.nn_distances[stage],
+        "matrix_model": {"preference": sel.all_prefs[m].tolist(), "val_acc": sel.val[m, sel.selected[m]].tolist(),
+                         "test_acc": chosen[m].tolist()},
+        "kb_size": len(kb), "slots": kb.slots[sel.stage], "nn_distances": kb.nn_distances[sel.stage],
     }
-    return result, samples[m, sel[m]].clone()

@@ -1,4 +1,4 @@
-"""Imprecise Bayesian Continual Learning (Lu, Caprio, Eaton & Lee, arXiv 2305.14782; spec papers/ibcl.md)."""
+"""Imprecise Bayesian Continual Learning (Lu, Caprio, Eaton & Lee, arXiv 2305.14782; ``docs/methods/ibcl.md``)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,26 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from clkit.data import ContinualDataModule, Experience, TensorData
+from clkit.data import Experience, TensorData
 from clkit.errors import ConfigError
-from clkit.module import ContinualModule
-from clkit.nets import Backbone
+from clkit.module import ContinualModule, OptimizerCallable
+from clkit.optim import spec
 from strategies.ibcl.bayes import BayesMLP, hidden_sizes, layer_sizes, mlp_forward, negative_elbo, segment_lengths
 from strategies.ibcl.credal import KnowledgeBase, stage_seed
-from strategies.ibcl.evaluation import draw_models, evaluate_stage, region, resolve_options, task_accuracies
+from strategies.ibcl.evaluation import (
+    StageSelection,
+    draw_models,
+    region,
+    resolve_options,
+    select_stage,
+    task_accuracies,
+    test_stage,
+)
 from strategies.ibcl.metrics import select_by_validation, stack_stages, standard_bwt
 
 __all__ = ["IBCL"]
@@ -41,7 +48,9 @@ class IBCL(ContinualModule):
     the other tasks' classes, so combining posteriors cannot trade tasks off.
 
     The accuracy matrix is filled by the model selected on validation data for the **uniform** preference over the
-    tasks seen so far. The preference results (spec section 8) go to ``results.json`` under ``"ibcl"``.
+    tasks seen so far. The preference results go to ``results.json`` under ``"ibcl"``. Zero-shot selection needs
+    every seen task's validation split (its training split when it has none): IBCL keeps them in its CL memory,
+    counted in ``strategy_state_bytes`` beside the knowledge base.
 
     Args:
         prior_stds: Standard deviations ``s_j`` of the task-0 priors ``N(0, s_j^2)``; one chain each.
@@ -56,11 +65,12 @@ class IBCL(ContinualModule):
         mc_samples: Reparameterised samples ``S`` per step (clean objective).
         n_hdr_samples: Samples estimating the mixture HDR threshold.
         init_from_prior: Start each fit at the chain's prior instead of a fresh initialisation.
-        seed: Seed of the preferences, the initialisations and the sampled models.
-        faithful: Official-code behaviour for every flag below that is left ``None`` (spec section 10).
-        objective, init, distance, sample_per, selection, preference_kind, eval_drop_last: The section-10 rows.
-        backbone: A frozen feature extractor (its weights are never trained); default none, the flattened inputs
-            are the features, as in the spec's precomputed 512-d feature streams.
+        faithful: Official-code behaviour for every flag below that is left ``None``.
+        objective, init, distance, sample_per, selection, preference_kind, eval_drop_last: The official-code rows
+            of ``docs/methods/ibcl.md``.
+        **kwargs: :class:`clkit.ContinualModule` arguments; ``optimizer`` (default Adam, lr 1e-3) trains the ``m``
+            chains together; ``seed`` also fixes the preferences, the initialisations and the sampled models;
+            ``backbone`` is a frozen feature extractor (default none: the flattened inputs are the features).
     """
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"domain-il"})
@@ -69,21 +79,20 @@ class IBCL(ContinualModule):
     prior_sigma: Tensor  # (m, P)
 
     def __init__(self, *, prior_stds: Sequence[float] = (0.2, 0.25, 0.3),
-                 model_size: Literal["small", "normal", "large"] = "small", hidden: list[int] | None = None,
-                 num_preferences: int = 10, num_samples: int = 10, alpha: float | None = None,
-                 alpha_convention: Literal["paper", "code"] | None = None, d: float | None = None,
+                 model_size: Literal["small", "normal", "large"] = "small", hidden: Optional[list[int]] = None,
+                 num_preferences: int = 10, num_samples: int = 10, alpha: Optional[float] = None,
+                 alpha_convention: Optional[Literal["paper", "code"]] = None, d: Optional[float] = None,
                  combine: Literal["moment_average", "mixture"] = "moment_average", mc_samples: int = 1,
-                 n_hdr_samples: int = 10_000, init_from_prior: bool = False, seed: int = 0, faithful: bool = False,
-                 objective: Literal["elbo", "official"] | None = None,
-                 init: Literal["standard", "official"] | None = None,
-                 distance: Literal["w2", "official"] | None = None,
-                 sample_per: Literal["coordinate", "tensor"] | None = None,
-                 selection: Literal["validation", "test_oracle"] | None = None,
-                 preference_kind: Literal["dirichlet", "normalized_uniform"] | None = None,
-                 eval_drop_last: bool | None = None, backbone: Backbone | None = None, lr: float = 1e-3,
-                 optimizer: Literal["sgd", "adam"] = "adam", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+                 n_hdr_samples: int = 10_000, init_from_prior: bool = False, faithful: bool = False,
+                 objective: Optional[Literal["elbo", "official"]] = None,
+                 init: Optional[Literal["standard", "official"]] = None,
+                 distance: Optional[Literal["w2", "official"]] = None,
+                 sample_per: Optional[Literal["coordinate", "tensor"]] = None,
+                 selection: Optional[Literal["validation", "test_oracle"]] = None,
+                 preference_kind: Optional[Literal["dirichlet", "normalized_uniform"]] = None,
+                 eval_drop_last: Optional[bool] = None, optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3),
+                 **kwargs: Any) -> None:
+        super().__init__(optimizer=optimizer, **kwargs)
         if not prior_stds or min(prior_stds) <= 0:
             raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")
         if mc_samples < 1:
@@ -98,12 +107,13 @@ class IBCL(ContinualModule):
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self.prior_stds = [float(s) for s in prior_stds]
-        self.seed, self.mc_samples, self.init_from_prior = int(seed), int(mc_samples), bool(init_from_prior)
+        self.mc_samples, self.init_from_prior = int(mc_samples), bool(init_from_prior)
         self.posterior: BayesMLP | None = None
         self.sizes: tuple[int, ...] = ()
         self.kb = KnowledgeBase()
-        self.stage_results: list[dict[str, Any]] = []
-        self._seen: list[Experience] = []
+        self.register_memory("stage_results", [])  # per stage: the preference results (JSON-able)
+        self.register_memory("val_sets", [])  # per seen task: [x, y] of its validation split, for selection
+        self._stage: Optional[StageSelection] = None  # this stage's selection, until its models are tested
         self._n_train = 1
 
     # -- binding --------------------------------------------------------------------------------------------------
@@ -117,17 +127,16 @@ class IBCL(ContinualModule):
         init = self.opts.init == "standard"
         self.posterior = BayesMLP(self.sizes, chains=len(self.prior_stds),
                                   mu_init="standard" if init else "zero", sigma_init=0.1 if init else 1.0,
-                                  generator=torch.Generator().manual_seed(stage_seed(self.seed, -1)))
+                                  generator=torch.Generator().manual_seed(stage_seed(self.resolve_seed(), -1)))
         self.register_buffer("report_theta", self.posterior.mu[0].detach().clone())
         self.register_buffer("prior_mu", torch.zeros_like(self.posterior.mu), persistent=False)
         self.register_buffer("prior_sigma", torch.ones_like(self.posterior.mu), persistent=False)
         return nn.ModuleList()
 
-    def bind(self, stream: ContinualDataModule) -> None:
-        super().bind(stream)
+    def bind(self, spec: Any) -> None:
+        super().bind(spec)
         for p in self.backbone.parameters() if self.backbone is not None else []:
             p.requires_grad_(False)  # the backbone is a frozen feature extractor
-        self._seen = list(stream.experiences)
 
     def train(self, mode: bool = True) -> IBCL:
         super().train(mode)
@@ -199,27 +208,33 @@ class IBCL(ContinualModule):
     # -- experience end: knowledge base, preferences, evaluation ---------------------------------------------------
     def on_experience_end(self, experience: Experience) -> None:
         assert self.posterior is not None
-        self.kb.update(self.posterior.mu.detach(), self.posterior.sigma.detach(), d=self.opts.d,
+        self.kb.update(self.posterior.mu.detach().cpu(), self.posterior.sigma.detach().cpu(), d=self.opts.d,
                        distance=self.opts.distance)
         stage = self.kb.num_tasks - 1
         rms = [v / math.sqrt(self.kb.mus[0].numel()) for v in self.kb.nn_distances[-1]]
         log.info("IBCL stage %d: nearest-point distances %s (per coordinate %s), KB size %d", stage,
                  self.kb.nn_distances[-1], rms, len(self.kb))
-        seen = self._experiences_up_to(stage, experience)
-        result, theta = evaluate_stage(self.kb, seen, self.features, self.sizes, segment_lengths(self.sizes),
-                                       self.opts, seed=self.seed)
-        result["nn_distances_rms"] = rms
-        self.stage_results.append(result)
-        matrix = stack_stages([torch.tensor(r["per_task_acc"]) for r in self.stage_results])
-        result["bwt"] = standard_bwt(matrix)
+        split = experience.val if experience.val is not None else experience.train
+        self.val_sets = [*self.val_sets, [split.x, split.y]]
+        self._stage = select_stage(self.kb, self._val_data(), self.features, self.sizes, segment_lengths(self.sizes),
+                                   self.opts, seed=self.seed)
         with torch.no_grad():
-            self.report_theta.copy_(theta)
+            self.report_theta.copy_(self._stage.theta)
 
-    def _experiences_up_to(self, stage: int, current: Experience) -> list[Experience]:
-        seen = [e for e in self._seen if e.index < stage] + [current]
-        if len(seen) != stage + 1:
-            raise ConfigError(f"IBCL needs experiences 0..{stage} at stage {stage}; bind(stream) first")
-        return seen
+    def on_evaluation_end(self, split: Literal["test", "val"], row: int, data: Sequence[TensorData]) -> None:
+        """After the loop's test row: test this stage's preference models on the seen tasks' test data."""
+        if split != "test" or self._stage is None or self._stage.stage != row:
+            return
+        result = test_stage(self._stage, self.kb, data, self.features, self.sizes, self.opts)
+        result["nn_distances_rms"] = [v / math.sqrt(self.kb.mus[0].numel()) for v in self.kb.nn_distances[row]]
+        matrix = stack_stages([torch.tensor(r["per_task_acc"]) for r in [*self.stage_results, result]])
+        result["bwt"] = standard_bwt(matrix)
+        self.stage_results = [*self.stage_results, result]
+        self._stage = None
+
+    def _val_data(self) -> list[TensorData]:
+        """The stored validation splits of the seen tasks (task ids 0 for the shared head)."""
+        return [TensorData(x, y, torch.zeros_like(y)) for x, y in self.val_sets]
 
     # -- zero-shot generation -------------------------------------------------------------------------------------
     def generate_theta(self, preference: Sequence[float] | Tensor, *,
@@ -241,10 +256,10 @@ class IBCL(ContinualModule):
         if mode == "sample":
             return thetas[0]
         if val_data is None:
-            val_data = [e.val if e.val is not None else e.train for e in self._seen[: w.numel()]]
+            val_data = self._val_data()[: w.numel()]
         if len(val_data) != w.numel():
             raise ConfigError(f"mode='select' needs validation data for {w.numel()} tasks, got {len(val_data)}; "
-                              "bind a stream, pass val_data, or use mode='mean' or 'sample'")
+                              "pass val_data, or use mode='mean' or 'sample'")
         acc = task_accuracies(thetas, val_data, self.features, self.sizes, batch_size=self.opts.eval_batch_size)
         return thetas[select_by_validation(acc, w)]
 
@@ -259,31 +274,15 @@ class IBCL(ContinualModule):
 
         return model_from_theta(self.generate_theta(preference, **kwargs), self.sizes, self.backbone)
 
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, backbone: Backbone | None = None) -> IBCL:
-        """Rebuild a trained IBCL from a run checkpoint (``run_dir/checkpoints/exp{i}.pt``) for :meth:`generate`."""
-        from strategies.ibcl.generate import load_ibcl
-
-        return load_ibcl(cls, Path(path), backbone)
-
     # -- CL memory and results ------------------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["ibcl"] = {"kb": self.kb.state_dict(), "stages": self.stage_results,
-                              "hparams": {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.hparams.items()},
-                              "sizes": list(self.sizes), "setting": self.setting,
-                              "classes_per_task": list(self.classes_per_task),
-                              "input_shape": list(self._seen[0].train.x.shape[1:]) if self._seen else None}
+    def memory_state(self) -> dict[str, Any]:
+        return {**super().memory_state(), "kb": self.kb.state_dict()}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("ibcl")
-        if state is not None:
-            self.kb = KnowledgeBase.from_state_dict(state["kb"])
-            self.stage_results = list(state["stages"])
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        super().load_memory_state(state)
+        self.kb = KnowledgeBase.from_state_dict(state["kb"])
 
-    def strategy_state_bytes(self) -> int:
-        return self.kb.nbytes()
-
-    def extra_results(self) -> dict[str, Any]:
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
         from strategies.ibcl.generate import summarise
 
         return {"ibcl": summarise(self.stage_results, asdict(self.opts), self.kb)}

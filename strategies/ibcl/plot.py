@@ -7,13 +7,13 @@ both tasks; the "estimated Pareto" point of a preference is the sample maximisin
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from clkit._io import replace_atomic
 from clkit.data import TensorData
 from strategies.ibcl.bayes import segment_lengths
 from strategies.ibcl.credal import stage_seed
@@ -93,9 +93,6 @@ def plot_pareto(points: dict[str, Any], path: str | Path, title: str = "") -> Pa
     ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=110)
+    replace_atomic(lambda tmp: fig.savefig(tmp, dpi=110), out)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -16,7 +16,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from strategies.projection.representation import capture_inputs, conv_representation, linear_representation, representation
+from strategies.projection.representation import (
+    capture_inputs,
+    conv_representation,
+    linear_representation,
+    representation,
+)
 
 __all__ = [
     "ORTH_TOL",

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from clkit.data import Experience
 from clkit.errors import ConfigError
-from clkit.nets import Backbone, tensor_bytes
 from strategies.projection.basis import project_with_factor
-from strategies.projection.trust_region import classify_regimes, cosine, guarded_gradient, projection_norms, released_basis
 from strategies.projection.trgp import TRGP
+from strategies.projection.trust_region import (
+    classify_regimes,
+    cosine,
+    guarded_gradient,
+    projection_norms,
+    released_basis,
+)
 
 __all__ = ["CUBER"]
 
@@ -59,37 +64,24 @@ class CUBER(TRGP):
             the default 0.0 unrelated tasks pass by chance: on permuted MNIST (docs/real_data.md) 24 releases and bwt
             -0.16, against -0.003 at 0.05 (``configs/cuber_pmnist.yaml``).
         guard: Apply the per-step sign check (disabling it is an ablation).
-        eps_proj, top_k, trust_samples, threshold, threshold_step, rep_samples, layer_samples, lr_patience,
-            lr_factor, lr_min, faithful, seed, backbone, lr, optimizer, momentum, weight_decay: As
-            :class:`strategies.TRGP`.
+        **kwargs: :class:`strategies.TRGP` arguments.
     """
 
     LABEL = "CUBER (clkit reconstruction)"
 
-    def __init__(self, *, eps_corr: float = 0.0, guard: bool = True, eps_proj: float = 0.5, top_k: int = 2,
-                 trust_samples: int = 125, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
-                 rep_samples: int = 300, layer_samples: list[int] | None = None, lr_patience: int | None = None,
-                 lr_factor: float = 3.0, lr_min: float = 1e-3, faithful: bool = False, seed: int = 0,
-                 test_passes: int = 1,
-                 backbone: Backbone | None = None, lr: float = 0.01, optimizer: Literal["sgd", "adam"] = "sgd",
-                 momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(eps_proj=eps_proj, top_k=top_k, trust_samples=trust_samples, threshold=threshold,
-                         threshold_step=threshold_step, rep_samples=rep_samples, layer_samples=layer_samples,
-                         lr_patience=lr_patience, lr_factor=lr_factor, lr_min=lr_min, faithful=faithful, seed=seed,
-                         test_passes=test_passes,
-                         backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+    def __init__(self, *, eps_corr: float = 0.0, guard: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if not -1.0 <= eps_corr < 1.0:
             raise ConfigError(f"eps_corr must be in [-1, 1), got {eps_corr}")
-        self.task_grads: list[list[Tensor]] = []  # [task][layer]: G_j^l, float32, weight-shaped
-        self.released: list[list[list[int]]] = []  # [task][layer]: tasks released while training that task
-        self.guard_counts: list[list[list[int]]] = []  # [task][layer]: [steps kept, steps with a release]
+        self.eps_corr, self.guard = eps_corr, guard
+        self.register_memory("task_grads", [])  # [task][layer]: G_j^l, float32, weight-shaped
+        self.register_memory("released", [])  # [task][layer]: tasks released while training that task
+        self.register_memory("guard_counts", [])  # [task][layer]: [steps kept, steps with a release]
         self._release: list[_Release | None] = []
 
     # -- regimes ---------------------------------------------------------------------------------------------------
     def select_regimes(self, grads: list[Tensor | None]) -> list[list[int]]:
         """Regimes (i)-(iii) per layer (spec §6.3); returns the regime-(ii) tasks and prepares the releases."""
-        hp = self.hparams
         layers = self.projected_layers()
         self._release = [None] * len(layers)
         out: list[list[int]] = []
@@ -101,7 +93,7 @@ class CUBER(TRGP):
             bases = [self.task_basis(l, j) for j in old]
             corrs = [cosine(g, self.task_grads[j][l].to(g.device)) for j in old]
             scaled, released = classify_regimes(projection_norms(g, bases), float(g.norm()), corrs,
-                                                eps_proj=hp.eps_proj, eps_corr=hp.eps_corr, top_k=hp.top_k)
+                                                eps_proj=self.eps_proj, eps_corr=self.eps_corr, top_k=self.top_k)
             if released:
                 kept = [j for j in old if j not in released]
                 reused = [s for j in kept for s in self.task_selection[j][l]]
@@ -136,7 +128,7 @@ class CUBER(TRGP):
                 if complement or factor.shape[1] > 0:
                     grad.copy_(project_with_factor(grad, factor, complement))
                 continue
-            new, kept = guarded_gradient(grad, release.memory, release.basis, release.grads, guard=self.hparams.guard)
+            new, kept = guarded_gradient(grad, release.memory, release.basis, release.grads, guard=self.guard)
             grad.copy_(new)
             counts[l][0] += int(kept)
             counts[l][1] += 1
@@ -149,24 +141,11 @@ class CUBER(TRGP):
         self._release = []
         weights = [ref.weight for ref in self.projected_layers()]
         grads = self.weight_gradients(*experience.train[rows])
-        self.task_grads.append([torch.zeros_like(w) if g is None else g.detach().float().cpu().clone()
+        self.task_grads.append([torch.zeros_like(w) if g is None else g.detach().float().clone()
                                 for w, g in zip(weights, grads)])
 
-    # -- memory ----------------------------------------------------------------------------------------------------
-    def memory_state(self) -> dict[str, Any]:
-        return {**super().memory_state(), "task_grads": self.task_grads, "released": self.released,
-                "guard_counts": self.guard_counts}
-
-    def load_memory_state(self, state: dict[str, Any]) -> None:
-        super().load_memory_state(state)
-        self.task_grads = [[g.cpu() for g in task] for task in state["task_grads"]]
-        self.released = [[list(r) for r in task] for task in state["released"]]
-        self.guard_counts = [[list(c) for c in task] for task in state["guard_counts"]]
-
-    def strategy_state_bytes(self) -> int:
-        return super().strategy_state_bytes() + tensor_bytes(*(g for task in self.task_grads for g in task))
-
-    def extra_results(self) -> dict[str, Any]:
+    # -- results -------------------------------------------------------------------------------------------------
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
         fractions = [[None if total == 0 else kept / total for kept, total in task] for task in self.guard_counts]
-        return {**super().extra_results(), "released": self.released, "guard_keep_fraction": fractions,
+        return {**super().extra_results(accuracy_matrix), "released": self.released, "guard_keep_fraction": fractions,
                 "label": "CUBER (clkit reconstruction)"}

@@ -1,27 +1,20 @@
-"""Gradient Projection Memory (Saha, Garg & Roy, ICLR 2021); spec ``shared/papers/gradient_projection.md`` §4."""
+"""Gradient Projection Memory (Saha, Garg & Roy, ICLR 2021); protocol in ``docs/methods/projection.md``."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from clkit.data import Experience
+from clkit.data import Experience, StreamSpec
 from clkit.errors import ConfigError
 from clkit.module import ContinualModule
-from clkit.nets import MLP, Backbone, SmallCNN, tensor_bytes
-from strategies.projection.layers import (
-    BN_TYPES,
-    LayerRef,
-    PlateauDecay,
-    find_projected_layers,
-    resolve_per_layer,
-    sample_rows,
-)
+from clkit.nets import MLP, SmallCNN
+from clkit.optim import probe
 from strategies.projection.basis import (
     capture_inputs,
     empty_basis,
@@ -29,6 +22,14 @@ from strategies.projection.basis import (
     projection_factor,
     representation,
     update_basis,
+)
+from strategies.projection.layers import (
+    BN_TYPES,
+    LayerRef,
+    PlateauDecay,
+    find_projected_layers,
+    resolve_per_layer,
+    sample_rows,
 )
 
 __all__ = ["GPM"]
@@ -51,7 +52,9 @@ class GPM(ContinualModule):
 
     Protocol details: BatchNorm affine parameters train on the first experience only; the optimizer is plain SGD with
     weight decay 0 (Adam or decay would break orthogonality: refused); optional early stopping with LR decay on the
-    validation loss (``lr_patience``), restoring the best state before the basis update.
+    validation loss (``lr_patience``), restoring the best state before the basis update. The protocol nets normalise
+    with test-batch statistics, so their configs average several evaluation passes (``test_passes``: 10 on CIFAR-100,
+    5 on 5-Datasets/MiniImageNet, 1 on PMNIST).
 
     Args:
         threshold: Energy threshold ``eps``: one value, or one per projected layer in registration order.
@@ -60,20 +63,13 @@ class GPM(ContinualModule):
         layer_samples: Samples used per projected layer (conv layers: images, each giving ``L`` columns); default
             ``rep_samples`` for every layer.
         lr_patience: Epochs without validation improvement before the LR is divided by ``lr_factor``; ``None``
-            disables early stopping (and best-state restoring).
+            disables early stopping (and best-state restoring). Cannot be combined with an ``lr_scheduler``.
         lr_factor: LR divisor on a plateau.
         lr_min: Training of an experience stops once the LR falls below this.
-        faithful: Reproduce the official code's basis rules (spec §9 rows 1-2: first-task rank one fewer, float32
-            bases concatenated without re-orthonormalisation).
-        seed: Seed of the representation samples.
-        test_passes: Test passes per accuracy-matrix row, each over reshuffled batches; their counts add up. The
-            protocol nets normalise with test-batch statistics, so TRGP averages several passes (spec §7: 10 on
-            CIFAR-100, 5 on 5-Datasets/MiniImageNet, 1 on PMNIST).
-        backbone: Feature extractor; default a bias-free MLP 100-100 (or a bias-free CNN for images >= 16 px).
-        lr: Learning rate.
-        optimizer: Must be ``"sgd"``.
-        momentum: SGD momentum (allowed; the protocol uses 0).
-        weight_decay: Must be 0.
+        faithful: Reproduce the official code's basis rules (first-task rank one fewer, float32 bases concatenated
+            without re-orthonormalisation; ``docs/methods/projection.md``).
+        **kwargs: :class:`clkit.ContinualModule` arguments. ``optimizer`` must be SGD with weight decay 0 (default
+            SGD lr 0.01); ``backbone`` defaults to a bias-free MLP 100-100 (a bias-free CNN for images >= 16 px).
     """
 
     SUPPORTED_SCENARIOS = frozenset({"task-il", "domain-il"})
@@ -82,30 +78,33 @@ class GPM(ContinualModule):
     def __init__(self, *, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
                  rep_samples: int = 300, layer_samples: list[int] | None = None,
                  lr_patience: int | None = None, lr_factor: float = 3.0, lr_min: float = 1e-3,
-                 faithful: bool = False, seed: int = 0,
-                 test_passes: int = 1, backbone: Backbone | None = None, lr: float = 0.01,
-                 optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+                 faithful: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         name = type(self).__name__
-        if test_passes < 1:
-            raise ConfigError(f"test_passes must be >= 1, got {test_passes}")
-        self.test_passes = test_passes
-        if optimizer != "sgd":
-            raise ConfigError(f"{name} needs optimizer='sgd', got {optimizer!r}: element-wise preconditioning "
-                              "(Adam) breaks the orthogonality of the projected update")
-        if weight_decay != 0.0:
-            raise ConfigError(f"{name} needs weight_decay=0, got {weight_decay}: decay adds an unprojected "
-                              "lambda*W to the update")
+        optimizer = probe(self.optimizer_factory)
+        if type(optimizer) is not torch.optim.SGD:
+            raise ConfigError(f"{name} needs optimizer torch.optim.SGD, got {type(optimizer).__name__}: element-wise "
+                              "preconditioning (Adam and friends) breaks the orthogonality of the projected update")
+        if any(float(g.get("weight_decay", 0.0)) != 0.0 for g in optimizer.param_groups):
+            raise ConfigError(f"{name} needs the optimizer's weight_decay=0, got "
+                              f"{optimizer.param_groups[0]['weight_decay']}: decay adds an unprojected lambda*W")
         thresholds = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
         if not thresholds or not all(0.0 < float(e) <= 1.0 for e in thresholds) or threshold_step < 0:
             raise ConfigError(f"threshold must be in (0, 1] and threshold_step >= 0, got {threshold} and "
                               f"{threshold_step}")
         if rep_samples < 1 or (layer_samples is not None and min(layer_samples, default=0) < 1):
             raise ConfigError(f"rep_samples and layer_samples must be >= 1, got {rep_samples} and {layer_samples}")
+        self.lr = float(optimizer.param_groups[0]["lr"])
         if lr_patience is not None:
-            PlateauDecay(lr, lr_patience, lr_factor, lr_min)  # validates the schedule
-        self.bases: list[Tensor] = []  # per projected layer: (d_l, m_l) float64, orthonormal columns
+            if self.scheduler_factory is not None:
+                raise ConfigError(f"{name}: lr_patience (the protocol's plateau schedule) and an lr_scheduler both "
+                                  "set the LR; use one of them")
+            PlateauDecay(self.lr, lr_patience, lr_factor, lr_min)  # validates the schedule
+        self.threshold, self.threshold_step = threshold, threshold_step
+        self.rep_samples, self.layer_samples = rep_samples, layer_samples
+        self.lr_patience, self.lr_factor, self.lr_min = lr_patience, lr_factor, lr_min
+        self.faithful = faithful
+        self.register_memory("bases", [])  # per projected layer: (d_l, m_l) float64, orthonormal columns
         self.active_task = 0  # index of the experience being trained (or last trained)
         self._layers: list[LayerRef] | None = None
         self._projectors: list[tuple[Tensor, bool]] = []
@@ -118,15 +117,15 @@ class GPM(ContinualModule):
             return SmallCNN(bias=False)
         return MLP(hidden=(100, 100), bias=False)
 
-    def bind(self, stream: Any) -> None:
-        super().bind(stream)
+    def bind(self, spec: StreamSpec) -> None:
+        super().bind(spec)
         layers = self.projected_layers()
         for name, mod in self.named_modules():
             if isinstance(mod, BN_TYPES) and mod.track_running_stats:
                 log.warning("%s: BatchNorm %r tracks running statistics, which later experiences overwrite; the "
                             "protocol nets use track_running_stats=False", type(self).__name__, name)
         self.thresholds(0)  # one threshold (and sample count) per projected layer, or a clear error now
-        resolve_per_layer(self.hparams.layer_samples or self.hparams.rep_samples, len(layers), "layer_samples")
+        resolve_per_layer(self.layer_samples or self.rep_samples, len(layers), "layer_samples")
         if not self.bases:
             self.bases = [empty_basis(weight_in_dim(ref)) for ref in layers]
 
@@ -139,8 +138,8 @@ class GPM(ContinualModule):
 
     def thresholds(self, task: int) -> list[float]:
         """``eps_l`` for experience ``task``, one per projected layer."""
-        base = resolve_per_layer(self.hparams.threshold, len(self.projected_layers()), "threshold")
-        return [min(1.0, e + self.hparams.threshold_step * task) for e in base]
+        base = resolve_per_layer(self.threshold, len(self.projected_layers()), "threshold")
+        return [min(1.0, e + self.threshold_step * task) for e in base]
 
     def _bn_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.modules() if isinstance(m, BN_TYPES) for p in m.parameters(recurse=False)]
@@ -165,11 +164,10 @@ class GPM(ContinualModule):
         self._projectors = []  # per layer: M or its complement, whichever is cheaper (spec §4.5)
         for basis, ref in zip(self.bases, self.projected_layers()):
             # faithful bases drift from orthonormal, where the complement and G - (G M) M^T differ: official formula
-            factor, complement = (basis, False) if self.hparams.faithful else projection_factor(basis)
+            factor, complement = (basis, False) if self.faithful else projection_factor(basis)
             self._projectors.append((factor.to(ref.weight.device, ref.weight.dtype), complement))
-        hp = self.hparams
-        self._plateau = None if hp.lr_patience is None else PlateauDecay(hp.lr, hp.lr_patience, hp.lr_factor,
-                                                                          hp.lr_min)
+        self._plateau = None if self.lr_patience is None else PlateauDecay(self.lr, self.lr_patience, self.lr_factor,
+                                                                            self.lr_min)
 
     def transform_gradients(self) -> None:
         for ref, (factor, complement) in zip(self.projected_layers(), self._projectors):
@@ -187,8 +185,7 @@ class GPM(ContinualModule):
     def on_experience_end(self, experience: Experience) -> None:
         self._restore_best()
         self.store_task_state(experience.index)
-        rows = sample_rows(len(experience.train), self.hparams.rep_samples, self.hparams.seed * 1_000_003
-                           + experience.index)
+        rows = sample_rows(len(experience.train), self.rep_samples, self.generator("representation", experience.index))
         before = [b.shape[1] for b in self.bases]
         self.update_memory(experience, rows, self.representations(experience, rows))
         for ref, basis, m in zip(self.projected_layers(), self.bases, before):
@@ -199,8 +196,7 @@ class GPM(ContinualModule):
     def representations(self, experience: Experience, rows: Tensor) -> list[Tensor]:
         """``R_l`` (d_l, n_l) of every projected layer on ``experience.train[rows]`` (eval mode, task's own head)."""
         layers = self.projected_layers()
-        counts = resolve_per_layer(self.hparams.layer_samples or self.hparams.rep_samples, len(layers),
-                                   "layer_samples")
+        counts = resolve_per_layer(self.layer_samples or self.rep_samples, len(layers), "layer_samples")
         x, _, t = experience.train[rows]
         was_training = self.training
         self.eval()
@@ -219,7 +215,7 @@ class GPM(ContinualModule):
     def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
         """GPM basis update of every layer (spec §4.3) from the representations ``reps`` of ``experience``."""
         eps = self.thresholds(experience.index)
-        self.bases = [update_basis(b, r.cpu(), e, faithful=self.hparams.faithful)
+        self.bases = [update_basis(b, r.to(b.device), e, faithful=self.faithful)
                       for b, r, e in zip(self.bases, reps, eps)]
 
     # -- early stopping with LR decay (spec §2) ----------------------------------------------------------------------
@@ -254,25 +250,8 @@ class GPM(ContinualModule):
             self.load_state_dict(self._plateau.best_state, strict=False)
         self._plateau = None
 
-    # -- memory ----------------------------------------------------------------------------------------------------
-    def memory_state(self) -> dict[str, Any]:
-        """All CL memory, as checkpointed."""
-        return {"bases": self.bases}
-
-    def load_memory_state(self, state: dict[str, Any]) -> None:
-        self.bases = [b.cpu() for b in state["bases"]]
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["projection_memory"] = self.memory_state()
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "projection_memory" in checkpoint:
-            self.load_memory_state(checkpoint["projection_memory"])
-
-    def strategy_state_bytes(self) -> int:
-        return tensor_bytes(*self.bases)
-
-    def extra_results(self) -> dict[str, Any]:
+    # -- results -------------------------------------------------------------------------------------------------------
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
         return {"basis_ranks": [[int(b.shape[1]), int(b.shape[0])] for b in self.bases]}
 
 

@@ -71,10 +71,9 @@ def resolve_per_layer(value: float | Sequence[float] | Sequence[int], n_layers: 
     return values
 
 
-def sample_rows(n_total: int, n: int, seed: int) -> Tensor:
-    """``min(n, n_total)`` distinct row indices drawn with a private generator (no global RNG)."""
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n_total, generator=gen)[: min(n, n_total)]
+def sample_rows(n_total: int, n: int, generator: torch.Generator) -> Tensor:
+    """``min(n, n_total)`` distinct row indices drawn with ``generator`` (never the global RNG)."""
+    return torch.randperm(n_total, generator=generator)[: min(n, n_total)]
 
 
 @dataclass

@@ -1,23 +1,28 @@
-"""Trust Region Gradient Projection (Lin, Yang, Fan & Zhang, ICLR 2022); spec ``gradient_projection.md`` §5."""
+"""Trust Region Gradient Projection (Lin, Yang, Fan & Zhang, ICLR 2022); protocol in ``docs/methods/projection.md``."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from clkit.data import Experience
+from clkit.data import Experience, StreamSpec
 from clkit.errors import ConfigError
-from clkit.nets import Backbone, tensor_bytes
-from strategies.projection.nets import AlexNetGPM
-from strategies.projection.layers import LayerRef, sample_rows
 from strategies.projection.basis import weight_matrix
-from strategies.projection.trust_region import basis_overlap, projection_norms, scaled_weight, select_task_basis, trust_region
 from strategies.projection.gpm import GPM
+from strategies.projection.layers import LayerRef, sample_rows
+from strategies.projection.nets import AlexNetGPM
+from strategies.projection.trust_region import (
+    basis_overlap,
+    projection_norms,
+    scaled_weight,
+    select_task_basis,
+    trust_region,
+)
 
 __all__ = ["TRGP"]
 
@@ -51,7 +56,7 @@ class TRGP(GPM):
     learns a scale matrix ``Q_s`` (``k_s x k_s``, initialised to ``I``) per selected task; the layer then uses
     ``W_eff = W + sum_s W B_s (Q_s - I) B_s^T`` while ``W``'s gradient is projected as in GPM. ``Q``'s are stored as
     clones at the end of the experience and replayed whenever that task is evaluated (the batch's task id ``t``
-    selects them). Per-task bases are chosen from the pooled memory/residual energies (spec §5.1) and stored as
+    selects them). Per-task bases are chosen from the pooled memory/residual energies and stored as
     column indices of the layer memory. 1x1 convolutions (ResNet shortcuts) are projected but not scaled.
 
     Settings: task-IL and domain-IL, as GPM. In domain-IL the test-time task id picks the stored scales (as the
@@ -61,33 +66,21 @@ class TRGP(GPM):
         eps_proj: Trust-region threshold ``eps_1`` on ``||g B B^T|| / ||g||`` (0.5; 0.2 on permuted MNIST).
         top_k: Candidate old tasks per layer.
         trust_samples: Training samples of the new task used for the selection gradient.
-        faithful: As GPM, plus the official TRGP rules: the strongest residual direction is left out of the memory
-            (spec §9 row 3), BN affine parameters keep training with the AlexNet backbone (row 4), and with the
-            other backbones the third experience's trust region is old task 1 in every layer (row 5; the official
-            top-2 order is arbitrary, which does not change the scaled projection).
-        threshold, threshold_step, rep_samples, layer_samples, lr_patience, lr_factor, lr_min, seed, backbone, lr,
-            optimizer, momentum, weight_decay: As :class:`strategies.GPM`.
+        **kwargs: :class:`strategies.GPM` arguments. ``faithful=True`` adds the official TRGP rules: the strongest
+            residual direction is left out of the memory, BN affine parameters keep training with the AlexNet
+            backbone, and with the other backbones the third experience's trust region is old task 1 in every layer
+            (the official top-2 order is arbitrary, which does not change the scaled projection).
     """
 
-    def __init__(self, *, eps_proj: float = 0.5, top_k: int = 2, trust_samples: int = 125,
-                 threshold: float | list[float] = 0.97, threshold_step: float = 0.0, rep_samples: int = 300,
-                 layer_samples: list[int] | None = None, lr_patience: int | None = None, lr_factor: float = 3.0,
-                 lr_min: float = 1e-3, faithful: bool = False, seed: int = 0,
-                 test_passes: int = 1, backbone: Backbone | None = None,
-                 lr: float = 0.01, optimizer: Literal["sgd", "adam"] = "sgd", momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(threshold=threshold, threshold_step=threshold_step, rep_samples=rep_samples,
-                         layer_samples=layer_samples, lr_patience=lr_patience, lr_factor=lr_factor, lr_min=lr_min,
-                         faithful=faithful, seed=seed,
-                         test_passes=test_passes, backbone=backbone, lr=lr, optimizer=optimizer,
-                         momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+    def __init__(self, *, eps_proj: float = 0.5, top_k: int = 2, trust_samples: int = 125, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if not 0.0 <= eps_proj < 1.0 or top_k < 1 or trust_samples < 1:
             raise ConfigError(f"need 0 <= eps_proj < 1, top_k >= 1, trust_samples >= 1; got {eps_proj}, {top_k}, "
                               f"{trust_samples}")
-        self.task_bases: list[list[Tensor]] = []  # [task][layer]: long column indices into bases[l] (faithful: basis)
-        self.task_selection: list[list[list[int]]] = []  # [task][layer]: trust-region tasks S_t^l
-        self.task_scales: list[list[list[Tensor]]] = []  # [task][layer]: cloned Q_s (k_s, k_s), aligned with S_t^l
+        self.eps_proj, self.top_k, self.trust_samples = eps_proj, top_k, trust_samples
+        self.register_memory("task_bases", [])  # [task][layer]: long column indices into bases[l] (faithful: basis)
+        self.register_memory("task_selection", [])  # [task][layer]: trust-region tasks S_t^l
+        self.register_memory("task_scales", [])  # [task][layer]: cloned Q_s (k_s, k_s), aligned with S_t^l
         self.scales = nn.ParameterDict()  # live Q's of the experience being trained, keys "<layer>_<task>"
         self.selection: list[list[int]] = []  # live S_t^l
         self._basis_cache: dict[tuple[int, int, torch.device, torch.dtype], Tensor] = {}
@@ -95,15 +88,20 @@ class TRGP(GPM):
         self._in_scaled_call = False
 
     @property
-    def freezes_bn(self) -> bool:
-        return not (self.hparams.faithful and isinstance(self.backbone, AlexNetGPM))  # row 4: the AlexNet script only
+    def task_aware(self) -> bool:
+        """Always: each task is evaluated with its own stored scales, picked by the batch's task id."""
+        return True
 
-    def bind(self, stream: Any) -> None:
-        super().bind(stream)
+    @property
+    def freezes_bn(self) -> bool:
+        return not (self.faithful and isinstance(self.backbone, AlexNetGPM))  # row 4: the AlexNet script only
+
+    def bind(self, spec: StreamSpec) -> None:
+        super().bind(spec)
         if not self.task_ids_at_test:
             log.warning("%s evaluates each task with its own stored scale matrices, chosen by the batch's task id: "
                         "on %s (no task ids at test) it is task-aware at test time, as in the official permuted-MNIST "
-                        "protocol", type(self).__name__, stream.name)
+                        "protocol", type(self).__name__, spec.name)
 
     def task_basis(self, layer: int, task: int) -> Tensor:
         """``B_task`` of projected layer ``layer``, float64 ``(d, k)``."""
@@ -150,7 +148,7 @@ class TRGP(GPM):
         if len(self.scales) > 0 and task == self.active_task:
             selection = self.selection
             scales = [[self.scales[f"{l}_{s}"] for s in sel] for l, sel in enumerate(selection)]
-            if not self.hparams.faithful:  # W B_s is constant while W trains in span(M)^perp (see scaled_weight)
+            if not self.faithful:  # W B_s is constant while W trains in span(M)^perp (see scaled_weight)
                 products = self._live_products
         elif task < len(self.task_scales):
             selection, scales = self.task_selection[task], self.task_scales[task]
@@ -196,8 +194,7 @@ class TRGP(GPM):
 
     def new_task_gradients(self, experience: Experience) -> list[Tensor | None]:
         """Weight gradients of the new task's loss (current model, eval mode) on ``trust_samples`` samples."""
-        hp = self.hparams
-        rows = sample_rows(len(experience.train), hp.trust_samples, hp.seed * 1_000_003 + 500_009 + experience.index)
+        rows = sample_rows(len(experience.train), self.trust_samples, self.generator("trust_region", experience.index))
         return self.weight_gradients(*experience.train[rows])
 
     def weight_gradients(self, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor | None]:
@@ -215,7 +212,7 @@ class TRGP(GPM):
         """Per layer, the trust-region tasks ``S_t^l`` (spec §5.2)."""
         out: list[list[int]] = []
         exp = self.current_experience
-        hard_coded = self.hparams.faithful and exp is not None and exp.index == 2 and not isinstance(
+        hard_coded = self.faithful and exp is not None and exp.index == 2 and not isinstance(
             self.backbone, AlexNetGPM)  # row 5: the official MLP/ResNet scripts fix task 3's trust region to [1]
         for l, (ref, g) in enumerate(zip(self.projected_layers(), grads)):
             if g is None or not self.scalable(ref):
@@ -225,8 +222,7 @@ class TRGP(GPM):
                 out.append([1] if self.task_basis(l, 1).shape[1] > 0 else [])
                 continue
             bases = [self.task_basis(l, j) for j in range(len(self.task_bases))]
-            out.append(trust_region(projection_norms(g, bases), float(g.norm()), self.hparams.eps_proj,
-                                    self.hparams.top_k))
+            out.append(trust_region(projection_norms(g, bases), float(g.norm()), self.eps_proj, self.top_k))
             if len(out[-1]) > 1:
                 log.info("%s layer %s: trust-region basis overlap ||B1^T B2||_F = %.3f", type(self).__name__,
                          ref.name, basis_overlap(bases[out[-1][0]], bases[out[-1][1]]))
@@ -239,8 +235,8 @@ class TRGP(GPM):
         if len(self.task_scales) != task:
             raise RuntimeError(f"TRGP holds scales for {len(self.task_scales)} experiences, cannot store task {task}")
         scales = [[self.scales[f"{l}_{s}"].detach().clone() for s in sel] for l, sel in enumerate(self.selection)]
-        self.task_selection.append([list(sel) for sel in self.selection])
-        self.task_scales.append(scales)
+        self.task_selection = [*self.task_selection, [list(sel) for sel in self.selection]]
+        self.task_scales = [*self.task_scales, scales]
         self.scales = nn.ParameterDict()
 
     def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
@@ -248,24 +244,13 @@ class TRGP(GPM):
         eps = self.thresholds(experience.index)
         stored, bases = [], []
         for b, r, e in zip(self.bases, reps, eps):
-            sel = select_task_basis(b, r.cpu(), e, faithful=self.hparams.faithful)
+            sel = select_task_basis(b, r.to(b.device), e, faithful=self.faithful)
             stored.append(sel.columns if sel.columns is not None else sel.basis.float())
             bases.append(sel.memory)
         self.bases = bases
-        self.task_bases.append(stored)
+        self.task_bases = [*self.task_bases, stored]
 
     # -- memory ----------------------------------------------------------------------------------------------------
-    def memory_state(self) -> dict[str, Any]:
-        return {**super().memory_state(), "task_bases": self.task_bases, "task_selection": self.task_selection,
-                "task_scales": self.task_scales}
-
     def load_memory_state(self, state: dict[str, Any]) -> None:
         super().load_memory_state(state)
-        self.task_bases = [[b.cpu() for b in task] for task in state["task_bases"]]
-        self.task_selection = [[list(sel) for sel in task] for task in state["task_selection"]]
-        self.task_scales = [[[q.cpu() for q in qs] for qs in task] for task in state["task_scales"]]
         self._basis_cache.clear()
-
-    def strategy_state_bytes(self) -> int:
-        extra = [b for task in self.task_bases for b in task] + [q for t in self.task_scales for qs in t for q in qs]
-        return super().strategy_state_bytes() + tensor_bytes(*extra)

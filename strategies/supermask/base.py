@@ -1,28 +1,30 @@
 """Shared base of :class:`strategies.SupSup` and :class:`strategies.ExSSNeT`: a masked network with per-task masks.
 
 It builds a masked backbone and one masked shared head, routes each batch through the mask and BatchNorm of its task,
-freezes the mask as packed bits at the end of the experience, optionally infers the task at test time (spec
-``supermasks.md`` §9), and saves every piece of CL memory in checkpoints.
+freezes the mask as packed bits at the end of the experience, optionally infers the task at test time
+(``docs/methods/supermask.md``), and declares every piece of CL memory (masks, unions, kept scores, per-task
+BatchNorm statistics) through the memory protocol.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
-from clkit.data import ContinualDataModule, Experience
+from clkit.data import Experience, StreamSpec
 from clkit.errors import ConfigError
 from clkit.metrics import max_forgetting
-from clkit.module import ContinualModule
-from clkit.nets import Backbone, tensor_bytes
-from strategies.supermask.layers import BnInfer, KeepScores, MaskedLayer, TaskBatchNorm
-from strategies.supermask.model import add_task, freeze_task, layout, mask_state_bytes, restore_layout, superposed
-from strategies.supermask.nets import LayerFactory, MaskedBackbone, default_masked_backbone
-from strategies.supermask.masks import DensityMode, count_bits, layer_density, overlap_bits
+from clkit.module import ContinualModule, OptimizerCallable
+from clkit.optim import spec
+from clkit.rng import derive_seed
 from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot
+from strategies.supermask.layers import BnInfer, KeepScores, MaskedLayer, TaskBatchNorm
+from strategies.supermask.masks import DensityMode, count_bits, layer_density, overlap_bits
+from strategies.supermask.nets import LayerFactory, MaskedBackbone, default_masked_backbone
 
 __all__ = ["SupermaskModule", "TaskInference"]
 
@@ -33,28 +35,27 @@ class SupermaskModule(ContinualModule):
     """Masked network, per-task masks and BatchNorm, task-IL routing and optional task inference.
 
     Args:
-        backbone: A :class:`strategies.supermask.nets.MaskedBackbone` (default: masked MLP / CNN from the input shape).
         density: Fraction of weights each task keeps per layer (uniform mode).
         density_mode: ``"uniform"`` or ``"erdos_renyi"`` (SupSup GG).
         er_scale: Erdős–Rényi scale ``s``.
-        seed: Seed of the signed-constant weights and of every task's initial scores.
         task_inference: ``"none"`` (task ids from the batch), ``"oneshot"`` or ``"binary"`` (inferred at test from
-            the entropy gradient over superposed masks, spec §9), or ``"exhaustive"`` (the task whose own mask gives
-            the lowest entropy: one forward pass per learned task, exact where one-shot is a first-order guess).
+            the entropy gradient over superposed masks), or ``"exhaustive"`` (the task whose own mask gives the
+            lowest entropy: one forward pass per learned task, exact where one-shot is a first-order guess).
         bn_infer: BatchNorm statistics during the superposed inference pass (``"batch"``: the batch's own, so a
             one-example batch falls back to ``"mixture"``: the α-weighted per-task statistics).
-        faithful: Reproduce the official code where spec §13 marks a row F.
+        faithful: Reproduce the official code where ``docs/methods/supermask.md`` marks a row.
+        **kwargs: :class:`clkit.ContinualModule` arguments. ``backbone`` must be a masked backbone
+            (:class:`strategies.supermask.MaskedMLP`, ``MaskedCNN``, ``MaskedGEMResNet18``; default from the input
+            shape); ``seed`` also fixes the signed-constant weights and every task's initial scores.
     """
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task-il"})
     KEEP_SCORES: KeepScores = "bits"
 
-    def __init__(self, *, backbone: Optional[Backbone] = None, density: float = 0.1,
-                 density_mode: DensityMode = "uniform", er_scale: float = 1.0, seed: int = 0,
+    def __init__(self, *, density: float = 0.1, density_mode: DensityMode = "uniform", er_scale: float = 1.0,
                  task_inference: TaskInference = "none", bn_infer: BnInfer = "batch", faithful: bool = False,
-                 lr: float = 1e-3, optimizer: Literal["sgd", "adam"] = "adam", momentum: float = 0.0,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(backbone=backbone, lr=lr, optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
+                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3), **kwargs: Any) -> None:
+        super().__init__(optimizer=optimizer, **kwargs)
         _check_choice("density_mode", density_mode, ("uniform", "erdos_renyi"))
         _check_choice("task_inference", task_inference, ("none", "oneshot", "binary", "exhaustive"))
         _check_choice("bn_infer", bn_infer, ("batch", "mixture"))
@@ -62,38 +63,44 @@ class SupermaskModule(ContinualModule):
             raise ConfigError(f"density must be in (0, 1], got {density}")
         if density_mode == "erdos_renyi" and er_scale <= 0:
             raise ConfigError(f"er_scale must be > 0, got {er_scale}")
-        if backbone is not None and not isinstance(backbone, MaskedBackbone):
-            raise ConfigError(f"{type(self).__name__} needs a masked backbone (strategies.supermask.supsup.MaskedMLP, MaskedCNN "
-                              f"or MaskedGEMResNet18), got {type(backbone).__name__}")
+        if self.backbone is not None and not isinstance(self.backbone, MaskedBackbone):
+            raise ConfigError(f"{type(self).__name__} needs a masked backbone (strategies.supermask.MaskedMLP, "
+                              f"MaskedCNN or MaskedGEMResNet18), got {type(self.backbone).__name__}")
         if faithful and task_inference in ("oneshot", "binary") and bn_infer == "batch":
             raise ConfigError("faithful task inference uses one example, so bn_infer='batch' cannot normalise it; "
                               "set bn_infer='mixture'")
-        self.mask_cfg = (density, density_mode, er_scale, seed)
-        self.learned: list[int] = []  # tasks whose masks are frozen, in learning order
-        self.task_id_hits: dict[int, list[int]] = {}  # eval row -> [correct batches, batches]
+        self.density, self.density_mode, self.er_scale = density, density_mode, er_scale
+        self.task_inference, self.bn_infer, self.faithful = task_inference, bn_infer, faithful
+        self.register_memory("learned", [])  # tasks whose masks are frozen, in learning order
+        self.register_memory("task_id_hits", {})  # test row -> [correct batches, batches] (task inference)
+        self._eval: tuple[str, int] = ("test", -1)
         self._modules_cache: list[Any] = []
         self._layers_cache: list[MaskedLayer] = []
 
     # -- construction ---------------------------------------------------------------------------------------------
     def density_of(self, shape: tuple[int, ...]) -> float:
-        density, mode, scale, _ = self.mask_cfg
-        return layer_density(shape, mode, density, scale)
+        return layer_density(shape, self.density_mode, self.density, self.er_scale)
 
-    def bind(self, stream: ContinualDataModule) -> None:
+    @property
+    def mask_seed(self) -> int:
+        """Seed of the signed-constant weights and the initial scores (derived from the strategy's seed)."""
+        return derive_seed(self.resolve_seed(), "supermask") % 2**31
+
+    def bind(self, spec: StreamSpec) -> None:
         if isinstance(self.backbone, MaskedBackbone) and not self.backbone.built:
-            self.backbone.configure_masks(self.density_of, self.mask_cfg[3])
-        super().bind(stream)
+            self.backbone.configure_masks(self.density_of, self.mask_seed)
+        super().bind(spec)
         for layer in self._masked():
             layer.weight.requires_grad_(False)
 
     def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
         backbone = default_masked_backbone(input_shape)
-        backbone.configure_masks(self.density_of, self.mask_cfg[3])
+        backbone.configure_masks(self.density_of, self.mask_seed)
         return backbone
 
     def build_heads(self, in_features: int, num_classes: int) -> nn.ModuleList:
         """One masked shared head with ``max_classes`` outputs; task ``t`` uses its own mask and first ``C_t``."""
-        return nn.ModuleList([LayerFactory(self.density_of, self.mask_cfg[3] + 7_777).linear(in_features, num_classes)])
+        return nn.ModuleList([LayerFactory(self.density_of, self.mask_seed + 7_777).linear(in_features, num_classes)])
 
     def _masked(self) -> list[MaskedLayer]:
         """The masked layers (backbone and head), cached once the network exists (the set never changes)."""
@@ -101,10 +108,44 @@ class SupermaskModule(ContinualModule):
             self._layers_cache = [m for m in self.modules() if isinstance(m, MaskedLayer)]
         return self._layers_cache
 
+    def _norms(self) -> list[TaskBatchNorm]:
+        return [m for m in self.modules() if isinstance(m, TaskBatchNorm)]
+
     def _switchable(self) -> list[Any]:
         if not self._modules_cache:
             self._modules_cache = [m for m in self.modules() if isinstance(m, (MaskedLayer, TaskBatchNorm))]
         return self._modules_cache
+
+    def add_task(self, task: int, inits: Optional[list[Tensor]] = None) -> None:
+        """Allocate scores (random, or ``inits`` per masked layer) and a BatchNorm for ``task``."""
+        layers = self._masked()
+        if inits is not None and len(inits) != len(layers):
+            raise ValueError(f"got {len(inits)} score inits for {len(layers)} masked layers")
+        for i, layer in enumerate(layers):
+            layer.add_task(task, None, None if inits is None else inits[i])
+        for bn in self._norms():
+            bn.add_task(task)
+
+    def freeze_task(self, task: int) -> None:
+        """Store ``task``'s masks as packed bits in every masked layer (see :meth:`MaskedLayer.freeze_task`)."""
+        for layer in self._masked():
+            layer.freeze_task(task, self.keep_scores)
+
+    @contextmanager
+    def superposed(self, tasks: list[int], alpha: Tensor, bn_infer: BnInfer = "batch") -> Iterator[None]:
+        """Temporarily run with ``W * sum_i alpha_i M_{tasks[i]}`` and superposed BatchNorm (task inference)."""
+        _check_choice("bn_infer", bn_infer, ("batch", "mixture"))
+        key = (tuple(tasks), alpha)
+        modules = self._switchable()
+        for m in modules:
+            m.superposition = key
+            if isinstance(m, TaskBatchNorm):
+                m.bn_infer = bn_infer
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.superposition = None
 
     # -- forward --------------------------------------------------------------------------------------------------
     def set_task(self, task: int) -> None:
@@ -139,36 +180,40 @@ class SupermaskModule(ContinualModule):
         """The learned task whose mask most lowers the output entropy of ``x`` (one batch of one task)."""
         tasks = list(self.learned)
         width = max(self.classes_per_task[t] for t in tasks)
-        if self.hparams.task_inference == "exhaustive":
+        if self.task_inference == "exhaustive":
             with torch.no_grad():
                 return infer_task_exhaustive(lambda task: self.task_logits(x, task), tasks)
         with torch.inference_mode(False), torch.enable_grad():
-            xs = x[:1].clone() if self.hparams.faithful else x.clone()  # official: first example only
+            xs = x[:1].clone() if self.faithful else x.clone()  # official: first example only
             # batch statistics need two examples: a one-example batch (a test set's last) uses the stored ones
-            bn_infer = self.hparams.bn_infer if len(xs) >= 2 else "mixture"
+            bn_infer = self.bn_infer if len(xs) >= 2 else "mixture"
 
             def forward(alpha: Tensor, cand: Sequence[int]) -> Tensor:
-                with superposed(self, list(cand), alpha.to(xs.device), bn_infer):
+                with self.superposed(list(cand), alpha.to(xs.device), bn_infer):
                     return self.heads[0](self.features(xs))[:, :width]
 
-            infer = infer_task_binary if self.hparams.task_inference == "binary" else infer_task_oneshot
+            infer = infer_task_binary if self.task_inference == "binary" else infer_task_oneshot
             return infer(forward, tasks)
 
+    @property
+    def task_aware(self) -> bool:
+        """Task-agnostic when the task is inferred at test time, task-aware otherwise."""
+        return self.task_inference == "none"
+
+    def on_evaluation_start(self, split: Literal["test", "val"], row: int) -> None:
+        self._eval = (split, row)
+
     def predict(self, x: Tensor, t: Tensor) -> Tensor:
-        if self.hparams.task_inference == "none" or not self.learned:
+        if self.task_inference == "none" or not self.learned:
             return super().predict(x, t)
         task = self.infer_task(x)
         truth = int(t[0])
-        if truth in self.learned:  # count only batches whose task can be identified
-            hits = self.task_id_hits.setdefault(self.eval_row, [0, 0])
+        split, row = self._eval
+        if split == "test" and truth in self.learned:  # count only batches whose task can be identified
+            hits = self.task_id_hits.setdefault(row, [0, 0])
             hits[0] += int(bool((t == task).all()))
             hits[1] += 1
         return self.task_logits(x, task).argmax(dim=-1)
-
-    def on_test_epoch_end(self) -> None:
-        hits = self.task_id_hits.get(self.eval_row)
-        if hits and hits[1]:
-            self.log("test/task_id_acc", hits[0] / hits[1])
 
     def task_id_accuracy(self) -> dict[int, float]:
         """Task-identification accuracy per row of the accuracy matrix (fraction of batches)."""
@@ -185,12 +230,12 @@ class SupermaskModule(ContinualModule):
             raise ConfigError(f"task {task} was already learned; supermask strategies need a distinct task per "
                               f"experience")
         if not self._masked()[0].has_task(task):
-            add_task(self, task, inits=self.initial_scores(experience))
+            self.add_task(task, inits=self.initial_scores(experience))
         self.set_task(task)
 
     def on_experience_end(self, experience: Experience) -> None:
-        freeze_task(self, experience.task_id, self.keep_scores)
-        self.learned.append(experience.task_id)
+        self.freeze_task(experience.task_id)
+        self.learned = [*self.learned, experience.task_id]
 
     @property
     def keep_scores(self) -> KeepScores:
@@ -205,32 +250,47 @@ class SupermaskModule(ContinualModule):
         return self.task_parameters(self.current_experience.task_id)
 
     # -- memory ---------------------------------------------------------------------------------------------------
-    def strategy_state_bytes(self) -> int:
-        """Packed masks, unions, kept float scores and per-task BatchNorm statistics."""
-        norms = [b for m in self.modules() if isinstance(m, TaskBatchNorm) for b in m.buffers()]
-        return mask_state_bytes(self) + tensor_bytes(*norms)
+    def memory_state(self) -> dict[str, Any]:
+        """Registered memory plus, per masked layer, the packed masks, kept scores and union, and per task
+        BatchNorm, its running statistics (all of them also live in the module as buffers)."""
+        layers = self._masked()
+        return {**super().memory_state(),
+                "masks": [{t: layer.masks.get(t) for t in layer.masks.tasks()} for layer in layers],
+                "kept_scores": [{t: layer.kept_scores.get(t) for t in layer.kept_scores.tasks()} for layer in layers],
+                "unions": [layer.union for layer in layers],
+                "norms": [[[b for b in bn.bn(t).buffers() if b is not None] for t in range(len(bn.bns))]
+                          for bn in self._norms()]}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["supermask"] = {"layout": layout(self), "learned": list(self.learned),
-                                   "task_id_hits": {int(k): list(v) for k, v in self.task_id_hits.items()}}
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get("supermask")
-        if state is None:
-            return
-        restore_layout(self, state["layout"])  # lazily created scores/masks/BN must exist before the state loads
-        self.learned = [int(t) for t in state["learned"]]
-        self.task_id_hits = {int(k): [int(c), int(n)] for k, (c, n) in state["task_id_hits"].items()}
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        """Re-create the per-task tensors (lazily allocated during training), then fill them."""
+        super().load_memory_state(state)
+        layers, norms = self._masked(), self._norms()
+        if len(state["masks"]) != len(layers) or len(state["norms"]) != len(norms):
+            raise ConfigError(f"the checkpoint has {len(state['masks'])} masked layers and {len(state['norms'])} "
+                              f"task BatchNorms; this network has {len(layers)} and {len(norms)}")
+        with torch.no_grad():
+            for layer, masks, kept, union in zip(layers, state["masks"], state["kept_scores"], state["unions"]):
+                for t, packed in masks.items():
+                    layer.masks.set(int(t), packed.to(layer.weight.device).clone())
+                for t, scores in kept.items():
+                    layer.kept_scores.set(int(t), scores.to(layer.weight.device).clone())
+                layer.union.copy_(union)
+                layer._cache = None
+            for bn, tasks in zip(norms, state["norms"]):
+                if tasks:
+                    bn.add_task(len(tasks) - 1)
+                for t, buffers in enumerate(tasks):
+                    for live, saved in zip([b for b in bn.bn(t).buffers() if b is not None], buffers):
+                        live.copy_(saved)
+        self.task_id_hits = {int(k): [int(c), int(n)] for k, (c, n) in self.task_id_hits.items()}
         self._modules_cache = []
 
-    def extra_results(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"mask_bytes_per_task": self.mask_bytes_per_task()}
-        if self.accuracy is not None and self.num_tasks > 0:  # spec §11: exactly 0 in task-IL
-            matrix = self.accuracy.compute().float().reshape(self.num_tasks, self.num_tasks)
-            out["max_forgetting"] = round(float(max_forgetting(matrix)), 6)
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
+        out: dict[str, Any] = {"mask_bytes_per_task": self.mask_bytes_per_task(),
+                               "max_forgetting": round(float(max_forgetting(accuracy_matrix)), 6)}  # 0 in task-IL
         if len(self.learned) <= 50:  # O(T^2) packed ANDs
             out["mask_overlap"] = self.mask_overlap()
-        if self.hparams.task_inference != "none":
+        if self.task_inference != "none":
             out["task_id_accuracy"] = self.task_id_accuracy()
         return out
 

@@ -2,133 +2,227 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from clkit.data import Experience, TensorData
+from clkit.data import Experience, TensorData, make_loader
 from clkit.errors import ConfigError
-from clkit.nets import Backbone
-from strategies.supermask.exssnet_state import BestState, kkt_initial_scores
-from strategies.supermask.layers import BnInfer, KeepScores
-from strategies.supermask.masks import DensityMode
-from strategies.supermask.base import SupermaskModule, TaskInference
+from clkit.optim import probe
+from strategies.supermask.base import SupermaskModule
+from strategies.supermask.kkt import (
+    choose_sources,
+    knn_accuracy,
+    scores_from_masks,
+    scores_from_sources,
+    subset_indices,
+)
+from strategies.supermask.layers import KeepScores, MaskedLayer, TaskBatchNorm
 
-__all__ = ["ExSSNeT"]
+__all__ = ["BestState", "ExSSNeT"]
 
 Phase = Literal["mask", "weight"]
+SimInit = Literal["none", "knn_best", "knn_always", "knn_all"]
+
+
+class BestState:
+    """The best validation state of the task being learned: its scores, all masked weights, its BN statistics."""
+
+    def __init__(self) -> None:
+        self.acc = -math.inf
+        self.epoch = -1
+        self.tensors: Optional[list[Tensor]] = None
+
+    @staticmethod
+    def _state(module: torch.nn.Module, task: int) -> list[Tensor]:
+        out: list[Tensor] = []
+        for m in module.modules():
+            if isinstance(m, MaskedLayer):
+                # detach() shares the version counter, so a restore invalidates the cached mask (.data would not)
+                out += [m.scores[str(task)].detach(), m.weight.detach()]
+            elif isinstance(m, TaskBatchNorm):
+                out += [b for b in m.bns[task].buffers() if b is not None]
+        return out
+
+    def offer(self, module: torch.nn.Module, task: int, acc: float, epoch: int) -> None:
+        """Snapshot the state if ``acc`` beats the best so far (ties keep the earlier epoch)."""
+        if acc > self.acc:
+            self.acc, self.epoch = acc, epoch
+            self.tensors = [t.detach().clone() for t in self._state(module, task)]
+
+    def reinstate(self, module: ExSSNeT, task: int) -> None:
+        """Restore the snapshot of an already frozen ``task`` and freeze it again (official row 4, faithful mode)."""
+        for m in module.modules():
+            if isinstance(m, MaskedLayer):
+                m.scores[str(task)] = torch.nn.Parameter(torch.zeros_like(m.weight), requires_grad=False)
+        self.restore(module, task)
+        module.freeze_task(task)
+
+    def restore(self, module: torch.nn.Module, task: int) -> None:
+        """Write the snapshot back (no-op when validation never ran)."""
+        if self.tensors is None:
+            return
+        with torch.no_grad():
+            for live, saved in zip(self._state(module, task), self.tensors):
+                live.copy_(saved)
 
 
 class ExSSNeT(SupermaskModule):
     """Exclusive Supermask SubNEtwork Training (Yadav & Bansal, "Exclusive Supermask Subnetwork Training for
     Continual Learning", Findings of ACL 2023, arXiv 2210.10209).
 
-    Per task: phase A learns a supermask over the current weights (scores only, ``mask_epochs``); phase B trains
-    the weights selected by that mask but by no earlier task, ``E_t = M_t & ~U_t`` (``weight_epochs``). Old tasks'
+    Per task: phase A learns a supermask over the current weights (scores only, ``mask_epochs``, Adam at
+    ``mask_lr`` with weight decay 0); phase B trains the weights selected by that mask but by no earlier task,
+    ``E_t = M_t & ~U_t`` (``weight_epochs``, with ``optimizer``: default Adam lr 1e-3, weight decay 0). Old tasks'
     ``W * M_i`` never change, so BWT is exactly 0. Both phases run in one ``fit`` with manual optimization: one fresh
-    Adam per phase (the weight optimizer has no state before phase B starts). The best state on the experience's
-    validation split over both phases is restored at the end
+    optimizer per phase (the weight optimizer has no state before phase B starts), each with a cosine schedule over
+    its epochs. The best state on the experience's validation split over both phases is restored at the end
     (without a validation split the last state is kept). KKT (``sim_init``) initialises a new task's scores from
     the earlier task whose masked features give the best KNN accuracy on the new data. Scenario: task-IL.
 
     Args:
         mask_epochs: Epochs of phase A; ``mask_epochs + weight_epochs`` replaces the trainer's ``max_epochs``.
         weight_epochs: Epochs of phase B.
-        mask_lr: Adam learning rate of the scores (weight decay 0).
-        weight_lr: Learning rate of the weights.
+        mask_lr: Adam learning rate of the scores (weight decay 0). Faithful mode uses the weight optimizer's lr
+            instead whenever ``weight_epochs > 0``, as the official code does.
         sim_init: KKT mode: ``"none"``, ``"knn_best"``, ``"knn_always"`` or ``"knn_all"``.
         knn_k: Neighbours of the KNN probe.
         data_fraction: Fraction of the new task's training data used by the probe.
         keep_scores: ``"float"`` keeps every task's real scores (exact KKT), ``"bits"`` only the packed masks;
             default ``"float"`` with KKT, ``"bits"`` without.
         exclusive: ``False`` is the SSNeT ablation (``E_t = M_t``), which overwrites shared weights and forgets.
-        post_step_masking: Restore weights outside ``E_t`` after every step; default on when ``weight_decay > 0``
-            or ``optimizer="sgd"``.
+        post_step_masking: Restore weights outside ``E_t`` after every step; default on unless the weight optimizer
+            is Adam with weight decay 0 (whose zero-gradient weights never move).
         debug_checks: Assert after every step that no weight outside ``E_t`` moved.
-        optimizer: Weight-phase optimizer: ``"adam"`` (paper) or ``"sgd"``.
-        weight_decay: Weight-phase weight decay (0 in the paper; > 0 turns on post-step masking).
-        Other arguments as in :class:`strategies.SupSup`.
+        **kwargs: :class:`strategies.supermask.base.SupermaskModule` and :class:`clkit.ContinualModule` arguments;
+            ``optimizer`` is the weight-phase optimizer and ``lr_scheduler`` is not supported (each phase has its
+            cosine schedule).
     """
 
-    def __init__(self, *, backbone: Optional[Backbone] = None, density: float = 0.1,
-                 density_mode: DensityMode = "uniform", er_scale: float = 1.0, seed: int = 0,
-                 mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-3, weight_lr: float = 1e-3,
-                 sim_init: Literal["none", "knn_best", "knn_always", "knn_all"] = "none", knn_k: int = 200,
-                 data_fraction: float = 0.2, keep_scores: Optional[KeepScores] = None, exclusive: bool = True,
-                 post_step_masking: Optional[bool] = None, debug_checks: bool = False,
-                 task_inference: TaskInference = "none", bn_infer: BnInfer = "batch", faithful: bool = False,
-                 optimizer: Literal["sgd", "adam"] = "adam", momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        super().__init__(backbone=backbone, density=density, density_mode=density_mode, er_scale=er_scale, seed=seed,
-                         task_inference=task_inference, bn_infer=bn_infer, faithful=faithful, lr=weight_lr,
-                         optimizer=optimizer, momentum=momentum, weight_decay=weight_decay)
-        self.save_hyperparameters(ignore=["backbone"])
+    def __init__(self, *, mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-3,
+                 sim_init: SimInit = "none", knn_k: int = 200, data_fraction: float = 0.2,
+                 keep_scores: Optional[KeepScores] = None, exclusive: bool = True,
+                 post_step_masking: Optional[bool] = None, debug_checks: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         if mask_epochs < 0 or weight_epochs < 0 or mask_epochs + weight_epochs == 0:
             raise ConfigError(f"need mask_epochs, weight_epochs >= 0 and not both 0, got {mask_epochs}, {weight_epochs}")
-        if mask_lr <= 0 or weight_lr <= 0:
-            raise ConfigError(f"mask_lr and weight_lr must be > 0, got {mask_lr}, {weight_lr}")
+        if mask_lr <= 0:
+            raise ConfigError(f"mask_lr must be > 0, got {mask_lr}")
         if sim_init not in ("none", "knn_best", "knn_always", "knn_all"):
             raise ConfigError(f"sim_init={sim_init!r} is not one of 'none', 'knn_best', 'knn_always', 'knn_all'")
         if keep_scores not in (None, "float", "bits"):
             raise ConfigError(f"keep_scores={keep_scores!r} is not one of 'float', 'bits'")
         if knn_k < 1 or not 0.0 < data_fraction <= 1.0:
             raise ConfigError(f"need knn_k >= 1 and 0 < data_fraction <= 1, got {knn_k}, {data_fraction}")
+        if self.scheduler_factory is not None:
+            raise ConfigError("ExSSNeT runs a cosine schedule per phase; an lr_scheduler is not supported")
+        weights = probe(self.optimizer_factory)
+        self.weight_lr = float(weights.param_groups[0]["lr"])
+        adam_no_decay = type(weights) is torch.optim.Adam and float(weights.param_groups[0]["weight_decay"]) == 0.0
+        self.mask_epochs, self.weight_epochs, self.mask_lr = mask_epochs, weight_epochs, mask_lr
+        self.sim_init, self.knn_k, self.data_fraction = sim_init, knn_k, data_fraction
+        self._keep_scores, self.exclusive, self.debug_checks = keep_scores, exclusive, debug_checks
+        self.post_step = post_step_masking if post_step_masking is not None else not adam_no_decay
         self.automatic_optimization = False
         self.phase: Phase = "mask"
         self.exclusive_masks: list[Tensor] = []  # E_t per masked layer during phase B
         self.best = BestState()
-        self.kkt_log: list[dict[str, Any]] = []
-        self.best_log: dict[int, dict[str, float]] = {}  # task -> best validation accuracy and its epoch
-        self.pending: Optional[tuple[int, BestState]] = None  # faithful: best state applied at the next task
+        self.register_memory("kkt_log", [])  # per KKT transfer: KNN accuracies and chosen sources
+        self.register_memory("best_log", {})  # task -> best validation accuracy and its epoch
+        self.register_memory("pending", [])  # faithful: [task, best-state tensors] applied at the next task
         self.val_counts = [0, 0]
 
     @property
     def keep_scores(self) -> KeepScores:
-        chosen = self.hparams.keep_scores
-        return chosen if chosen is not None else ("float" if self.hparams.sim_init != "none" else "bits")
-
-    @property
-    def post_step(self) -> bool:
-        chosen = self.hparams.post_step_masking
-        return chosen if chosen is not None else (self.hparams.weight_decay > 0 or self.hparams.optimizer != "adam")
+        chosen = self._keep_scores
+        return chosen if chosen is not None else ("float" if self.sim_init != "none" else "bits")
 
     def trainer_overrides(self, experience: Experience) -> dict[str, Any]:
-        return {"max_epochs": self.hparams.mask_epochs + self.hparams.weight_epochs}
+        return {"max_epochs": self.mask_epochs + self.weight_epochs}
 
-    def val_data(self, seen: Sequence[Experience]) -> Optional[TensorData]:
-        return seen[-1].test if self.hparams.faithful else seen[-1].val  # official vision code validates on test
+    def val_data(self, experience: Experience) -> Optional[TensorData]:
+        return experience.test if self.faithful else experience.val  # official vision code validates on test
 
     # -- KKT ------------------------------------------------------------------------------------------------------
     def initial_scores(self, experience: Experience) -> Optional[list[Tensor]]:
-        if self.hparams.sim_init == "none" or not self.learned:
+        if self.sim_init == "none" or not self.learned:
             return None
-        inits, record = kkt_initial_scores(self, experience)
-        self.kkt_log.append(record)
+        inits, record = self.kkt_initial_scores(experience)
+        self.kkt_log = [*self.kkt_log, record]
         return inits
+
+    def kkt_initial_scores(self, experience: Experience) -> tuple[Optional[list[Tensor]], dict[str, Any]]:
+        """KNN-based knowledge transfer: probe every learned task's features on the new data and copy the chosen
+        scores.
+
+        Returns:
+            Per-layer initial scores (``None`` = random) and a JSON-able record (KNN accuracies, chosen sources).
+        """
+        data, task = experience.train, experience.task_id
+        rows = None if self.faithful else subset_indices(len(data), self.data_fraction,
+                                                         self.generator("kkt_subset", experience.index))
+        batches = math.ceil(self.data_fraction * math.ceil(len(data) / self._train_batch_size())) + 1
+        was_training = self.training
+        self.eval()
+        accs = []
+        with torch.no_grad():
+            for j in self.learned:
+                feats, labels = self._penultimate(j, data, rows, batches)
+                accs.append(knn_accuracy(feats, labels, self.knn_k))
+        self.train(was_training)
+        chosen = choose_sources(accs, len(experience.classes), self.sim_init)
+        sources = [self.learned[i] for i in chosen]
+        record = {"task": task, "knn_acc": {int(j): a for j, a in zip(self.learned, accs)}, "sources": sources}
+        if not sources:
+            return None, record
+        layers = self._masked()
+        if self.keep_scores == "float":
+            return [scores_from_sources([layer.real_scores(s) for s in sources]) for layer in layers], record
+        g = self.generator("kkt_scores", experience.index)
+        return [scores_from_masks([layer.bool_mask(s) for s in sources], g).to(layer.weight.device)
+                for layer in layers], record
+
+    def _train_batch_size(self) -> int:
+        """The run's training batch size (the official subset is counted in its batches)."""
+        assert self.spec is not None
+        return int(self.spec.batch_size)
+
+    def _penultimate(self, task: int, data: TensorData, rows: Optional[Tensor], batches: int) -> tuple[Tensor, Tensor]:
+        """Penultimate features of ``data`` (or its ``rows``) under ``task``'s masks and BN, eval mode, no grad."""
+        self.set_task(task)
+        if rows is not None:
+            loader = make_loader(data.subset(rows), 256, shuffle=False)
+        else:  # official subset: the first batches of a shuffled loader, a new one per source task
+            seed = int(self.generator("kkt_official", task).initial_seed())
+            loader = make_loader(data, self._train_batch_size(), shuffle=True, seed=seed)
+        feats, labels = [], []
+        for i, (x, y, _) in enumerate(loader):
+            if rows is None and i >= batches:
+                break
+            feats.append(self.features(x.to(self.device)))
+            labels.append(y)
+        return torch.cat(feats), torch.cat(labels)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        hp = self.hparams
         assert self.current_experience is not None
         scores = self.task_parameters(self.current_experience.task_id)
         weights = [layer.weight for layer in self._masked()]
-        mask_lr = hp.weight_lr if hp.faithful and hp.weight_epochs > 0 else hp.mask_lr  # official lr override
+        mask_lr = self.weight_lr if self.faithful and self.weight_epochs > 0 else self.mask_lr  # official override
         mask_opt = torch.optim.Adam(scores, lr=mask_lr, weight_decay=0.0)
-        if hp.optimizer == "adam":
-            weight_opt: torch.optim.Optimizer = torch.optim.Adam(weights, lr=hp.weight_lr, weight_decay=hp.weight_decay)
-        else:
-            weight_opt = torch.optim.SGD(weights, lr=hp.weight_lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        weight_opt = self.build_optimizer(weights)
         cos = torch.optim.lr_scheduler.CosineAnnealingLR
-        scheds: list[Any] = [cos(mask_opt, max(1, hp.mask_epochs)), cos(weight_opt, max(1, hp.weight_epochs))]
-        if hp.faithful:  # official: ReduceLROnPlateau in "min" mode, fed with accuracy
+        scheds: list[Any] = [cos(mask_opt, max(1, self.mask_epochs)), cos(weight_opt, max(1, self.weight_epochs))]
+        if self.faithful:  # official: ReduceLROnPlateau in "min" mode, fed with accuracy
             plateau = torch.optim.lr_scheduler.ReduceLROnPlateau
             scheds += [plateau(mask_opt, "min", factor=0.1, patience=10), plateau(weight_opt, "min", 0.1, 10)]
         return [mask_opt, weight_opt], scheds
 
     def on_train_epoch_start(self) -> None:
-        if self.current_epoch >= self.hparams.mask_epochs and self.phase != "weight":
+        if self.current_epoch >= self.mask_epochs and self.phase != "weight":
             self._enter_weight_phase()
 
     def _enter_weight_phase(self) -> None:
@@ -137,7 +231,7 @@ class ExSSNeT(SupermaskModule):
         self.phase = "weight"
         self._set_trainable(scores=False)
         layers = self._masked()
-        if self.hparams.exclusive:
+        if self.exclusive:
             self.exclusive_masks = [layer.exclusive_mask(task).to(layer.weight.dtype) for layer in layers]
         else:
             self.exclusive_masks = [layer.bool_mask(task).to(layer.weight.dtype) for layer in layers]
@@ -155,7 +249,7 @@ class ExSSNeT(SupermaskModule):
         optimizer = self.optimizers()[0 if self.phase == "mask" else 1]  # type: ignore[index]
         optimizer.zero_grad()
         self.manual_backward(loss)
-        guard = self.phase == "weight" and (self.post_step or self.hparams.debug_checks)
+        guard = self.phase == "weight" and (self.post_step or self.debug_checks)
         before = [layer.weight.detach().clone() for layer in self._masked()] if guard else []
         optimizer.step()  # Lightning calls on_before_optimizer_step -> transform_gradients
         if guard:
@@ -176,7 +270,7 @@ class ExSSNeT(SupermaskModule):
             if self.post_step:
                 with torch.no_grad():
                     layer.weight.copy_(torch.where(keep.bool(), layer.weight, old))
-            if self.hparams.debug_checks and not torch.equal(layer.weight[~keep.bool()], old[~keep.bool()]):
+            if self.debug_checks and not torch.equal(layer.weight[~keep.bool()], old[~keep.bool()]):
                 raise AssertionError("a weight outside the exclusive mask E_t changed during the weight phase")
 
     def on_train_epoch_end(self) -> None:
@@ -201,54 +295,43 @@ class ExSSNeT(SupermaskModule):
             return
         acc = correct / total
         self.log("val/acc", acc, prog_bar=True)
-        if self.hparams.faithful:
+        if self.faithful:
             schedulers = self.lr_schedulers()
             assert isinstance(schedulers, list)
             schedulers[2 if self.phase == "mask" else 3].step(acc)  # type: ignore[arg-type]
         self.best.offer(self, self.current_experience.task_id, acc, self.current_epoch)
 
     def on_experience_start(self, experience: Experience) -> None:
-        if self.pending is not None:  # faithful: the previous task continues from its best state, not its last
-            self.pending[1].reinstate(self, self.pending[0], self.keep_scores)
-            self.pending = None
+        if self.pending:  # faithful: the previous task continues from its best state, not its last
+            best = BestState()
+            best.tensors = list(self.pending[1])
+            best.reinstate(self, int(self.pending[0]))
+            self.pending = []
         super().on_experience_start(experience)
         self.phase, self.exclusive_masks, self.best = "mask", [], BestState()
         self._set_trainable(scores=True)
 
     def on_experience_end(self, experience: Experience) -> None:
-        if self.hparams.faithful:  # official: the accuracy row uses the last epoch, the next task the best state
-            self.pending = (experience.task_id, self.best) if self.best.tensors is not None else None
+        if self.faithful:  # official: the accuracy row uses the last epoch, the next task the best state
+            self.pending = [experience.task_id, self.best.tensors] if self.best.tensors is not None else []
         else:
             self.best.restore(self, experience.task_id)  # scores, weights and BN statistics of the best epoch
         if self.best.tensors is not None:
-            self.best_log[experience.task_id] = {"val_acc": self.best.acc, "epoch": self.best.epoch}
+            self.best_log = {**self.best_log, experience.task_id: {"val_acc": self.best.acc, "epoch": self.best.epoch}}
         self._set_trainable(scores=False)
         self.exclusive_masks, self.phase = [], "mask"
         for layer in self._masked():
             layer.weight.requires_grad_(False)
         super().on_experience_end(experience)
 
-    def extra_results(self) -> dict[str, Any]:
-        out = super().extra_results()
+    def load_memory_state(self, state: dict[str, Any]) -> None:
+        super().load_memory_state(state)
+        self.best_log = {int(k): dict(v) for k, v in self.best_log.items()}
+
+    def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
+        out = super().extra_results(accuracy_matrix)
         if self.kkt_log:
             out["kkt"] = self.kkt_log
         out["best_validation"] = self.best_log
         out["free_capacity"] = [1.0 - layer.union_count() / layer.weight.numel() for layer in self._masked()]
         return out
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["supermask"].update(kkt_log=list(self.kkt_log), best_log=dict(self.best_log))
-        if self.pending is not None:
-            checkpoint["supermask"]["pending"] = (self.pending[0], self.pending[1].tensors)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
-        state = checkpoint.get("supermask", {})
-        self.kkt_log = list(state.get("kkt_log", []))
-        self.best_log = {int(k): dict(v) for k, v in state.get("best_log", {}).items()}
-        self.pending = None
-        if "pending" in state:
-            best = BestState()
-            best.tensors = [t.to(self.device) for t in state["pending"][1]]
-            self.pending = (int(state["pending"][0]), best)

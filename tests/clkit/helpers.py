@@ -29,8 +29,8 @@ class CrashAt(pl.Callback):
 class NaNAt(Naive):
     """Naive whose loss becomes NaN on experience ``experience`` (tests the NaN stop)."""
 
-    def __init__(self, *, experience: int = 1, lr: float = 0.05) -> None:
-        super().__init__(lr=lr)
+    def __init__(self, *, experience: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self.nan_experience = experience
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:

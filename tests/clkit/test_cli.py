@@ -70,7 +70,7 @@ def test_resume_after_crash_gives_the_uninterrupted_matrix(tmp_path: Path) -> No
 def test_resume_refuses_a_different_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["fit", "--run_dir", str(tmp_path), *PERMUTED])
     with pytest.raises(SystemExit) as exc:
-        main(["fit", "--resume", str(tmp_path), *PERMUTED, "--model.init_args.lr", "0.5"])
+        main(["fit", "--resume", str(tmp_path), *PERMUTED, "--model.init_args.seed", "5"])
     assert exc.value.code == 2 and "differs" in capsys.readouterr().err
 
 
@@ -106,14 +106,14 @@ def test_odd_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.
     (["--model", "GPMM"], "valid strategies: CUBER, EWC, GPM,"),
     (["--data", "SplitDigit"], "SplitDigits"),
     (["--model.init_args.nope", "1"], "nope"),
-    (["--model.init_args.nope", "1"], "valid arguments of Naive: backbone, lr,"),
+    (["--model.init_args.nope", "1"], "valid arguments of Naive: backbone, optimizer, lr_scheduler, seed"),
     (["--trainer.bogus_key", "7"], "max_epochs"),
     (["--trainer.max_epoch", "1"], "unrecognized arguments: --trainer.max_epoch"),  # no silent abbreviations
-    (["--model.init_args.optimizer", "adamw"], "adamw"),
+    (["--optimizer", "adamw"], "adamw"),
     (["--data.init_args.n_experiences", "3"], "n_experiences=3 does not divide"),
     (["--model", "tests.clkit.helpers.TaskILOnly", "--data", "scenarios.PermutedDigits"], "domain-il"),
     (["--config", "/nonexistent/cfg.yaml"], "does not exist"),
-    (["--data", "scenarios.PermutedDigits", "--model.init_args.lr", "1e9"], "loss is"),
+    (["--data", "scenarios.PermutedDigits", "--optimizer.lr", "1e9"], "loss is"),
 ])
 def test_bad_configs_give_one_line_and_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                    args: list[str], needle: str) -> None:

@@ -67,12 +67,10 @@ def test_test_passes_add_up_and_reshuffle() -> None:
     orders = [[int(x[0, 0] * 1e4) for x, _, _ in stream.test_dataloader(seed=p)[0]] for p in (0, 1)]
     assert orders[0] != orders[1]  # each pass sees other batches
     pl.seed_everything(0, verbose=False)
-    strategy = Naive()
-    strategy.test_passes = 3
-    run = StreamRun(strategy, stream, trainer_factory(max_epochs=1))
+    run = StreamRun(Naive(), stream, trainer_factory(max_epochs=1), test_passes=3)
     run.run()
     n_test = torch.tensor([len(e.test) for e in stream.experiences], dtype=torch.float64)
-    assert strategy.accuracy is not None and torch.equal(strategy.accuracy.total, 3 * n_test.expand(2, 2))
+    assert run._test is not None and torch.equal(run._test.total, 3 * n_test.expand(2, 2))
 
 
 def test_single_experience_stream() -> None:
@@ -82,9 +80,10 @@ def test_single_experience_stream() -> None:
     from strategies import Naive
 
     pl.seed_everything(0, verbose=False)
-    run = StreamRun(Naive(lr=0.1), ToySplit(num_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3))
-    acc = run.run()
-    assert acc.shape == (1, 1) and run.random_init_accuracy.shape == (1,) and float(acc[0, 0]) > 0.6
+    naive = Naive(optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}})
+    result = StreamRun(naive, ToySplit(num_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3)).run()
+    acc = result.accuracy_matrix
+    assert acc.shape == (1, 1) and result.random_init_accuracy.shape == (1,) and float(acc[0, 0]) > 0.6
 
 
 def test_val_split_first_holds_out_the_first_samples() -> None:

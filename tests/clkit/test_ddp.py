@@ -24,5 +24,5 @@ def test_clkit_fit_under_ddp_with_two_cpu_processes(tmp_path: Path) -> None:
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["metrics"]["acc"] > 0.8
     last = torch.load(tmp_path / "checkpoints" / "exp4.pt", weights_only=True)
-    totals = last["state_dict"]["accuracy.total"][4]  # rank 0's own counts: every rank evaluates all test data
+    totals = last["matrices"]["test"]["total"][4]  # rank 0's own counts: every rank evaluates all test data
     assert totals.tolist() == [float(len(e.test)) for e in SplitDigits().experiences]

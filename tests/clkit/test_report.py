@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from clkit.cli.aggregate import Group, SweepRun, group_runs
-from clkit.errors import DataError
 from clkit.cli.plots import mean_matrix
 from clkit.cli.report import main, sweep_report
+from clkit.errors import DataError
 
 ORDERS = ([0, 1], [1, 0])
 

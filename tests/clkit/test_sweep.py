@@ -17,16 +17,17 @@ import pytest
 import pytorch_lightning as pl
 import yaml
 
-from clkit.cli.sweep_plan import expand, load_sweep, merge_value
-from clkit.cli.sweep_state import acquire_lock, read_json, release_lock
 from clkit.cli.fit import run_fit
-from clkit.errors import ClkitError, ConfigError
 from clkit.cli.report import sweep_report
 from clkit.cli.sweep import main as sweep_main
 from clkit.cli.sweep import parse_shard, plan, run_sweep
+from clkit.cli.sweep_plan import expand, load_sweep, merge_value
+from clkit.cli.sweep_state import acquire_lock, read_json, release_lock
+from clkit.errors import ClkitError, ConfigError
 
-NAIVE = {"class_path": "strategies.Naive", "init_args": {"lr": 0.05}}
-EWC = {"class_path": "strategies.EWC", "init_args": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64}}
+SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
+NAIVE = {"class_path": "strategies.Naive", "init_args": {"optimizer": SGD}}
+EWC = {"class_path": "strategies.EWC", "init_args": {"optimizer": SGD, "ewc_lambda": 10.0, "fisher_samples": 64}}
 
 
 def base(n_exp: int = 3) -> dict[str, Any]:

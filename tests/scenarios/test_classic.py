@@ -210,11 +210,11 @@ def test_supermask_protocol_net_on_tiny_imagenet_images_forgets_nothing(fake_roo
     """configs/*_splittinyimagenet.yaml: the masked GEMResNet18 runs on 64x64 images (640-d features), task-IL."""
     from clkit.loop import StreamRun, trainer_factory
     from strategies import ExSSNeT
-    from strategies.supermask.supsup import MaskedGEMResNet18
+    from strategies.supermask import MaskedGEMResNet18
 
     stream = SplitTinyImageNet(dataset_root=str(fake_root), n_experiences=2, batch_size=16)
     backbone = MaskedGEMResNet18(nf=4)
     strategy = ExSSNeT(backbone=backbone, density=0.1, mask_epochs=1, weight_epochs=1)
-    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=2)).run()
+    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=2)).run().accuracy_matrix
     assert backbone.out_features == 8 * 4 * 2 * 2  # avg_pool2d(4) leaves 2x2 cells of 8 nf channels at 64x64
     assert acc.shape == (2, 2) and acc[1, 0] == acc[0, 0]

@@ -14,7 +14,6 @@ import torch
 
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
-from clkit.metrics import stream_metrics
 from clkit.module import ContinualModule
 
 
@@ -51,9 +50,8 @@ class ReadoutStream(ContinualDataModule):
 
 def run_stream(strategy: ContinualModule, stream: ContinualDataModule, epochs: int) -> tuple[torch.Tensor, dict]:
     """Train on ``stream``; return the accuracy matrix and its metrics."""
-    run = StreamRun(strategy, stream, trainer_factory(max_epochs=epochs))
-    acc = run.run()
-    return acc, stream_metrics(acc, run.random_init_accuracy)
+    result = StreamRun(strategy, stream, trainer_factory(max_epochs=epochs)).run()
+    return result.accuracy_matrix, result.metrics
 
 
 class ImageStream(ContinualDataModule):

@@ -2,14 +2,23 @@
 
 from typing import Any
 
+
+def sgd(lr: float) -> dict[str, Any]:
+    return {"class_path": "torch.optim.SGD", "init_args": {"lr": lr}}
+
+
+def adam(lr: float, weight_decay: float = 0.0) -> dict[str, Any]:
+    return {"class_path": "torch.optim.Adam", "init_args": {"lr": lr, "weight_decay": weight_decay}}
+
+
 STRATEGY_KWARGS: dict[str, dict[str, Any]] = {
-    "Naive": {"lr": 0.05},
-    "Joint": {"lr": 0.05},
-    "EWC": {"lr": 0.05, "ewc_lambda": 10.0, "fisher_samples": 64},
-    "GPM": {"lr": 0.05, "rep_samples": 64},
-    "TRGP": {"lr": 0.05, "rep_samples": 64, "trust_samples": 64},
-    "CUBER": {"lr": 0.05, "rep_samples": 64, "trust_samples": 64},
-    "IBCL": {"lr": 0.05, "prior_stds": [1.0, 1.5], "num_preferences": 3, "num_samples": 4},
-    "SupSup": {"lr": 0.05, "density": 0.3},
-    "ExSSNeT": {"density": 0.3, "mask_epochs": 1, "weight_epochs": 1, "mask_lr": 0.05, "weight_lr": 0.01},
+    "Naive": {"optimizer": sgd(0.05)},
+    "Joint": {"optimizer": sgd(0.05)},
+    "EWC": {"optimizer": sgd(0.05), "ewc_lambda": 10.0, "fisher_samples": 64},
+    "GPM": {"optimizer": sgd(0.05), "rep_samples": 64},
+    "TRGP": {"optimizer": sgd(0.05), "rep_samples": 64, "trust_samples": 64},
+    "CUBER": {"optimizer": sgd(0.05), "rep_samples": 64, "trust_samples": 64},
+    "IBCL": {"optimizer": adam(0.05), "prior_stds": [1.0, 1.5], "num_preferences": 3, "num_samples": 4},
+    "SupSup": {"optimizer": adam(0.05, 1e-4), "density": 0.3},
+    "ExSSNeT": {"optimizer": adam(0.01), "density": 0.3, "mask_epochs": 1, "weight_epochs": 1, "mask_lr": 0.05},
 }

@@ -12,19 +12,20 @@ from clkit.module import ContinualModule
 from scenarios.digits import PermutedDigits
 from strategies import EWC, Joint, Naive
 from strategies.ewc import diagonal_fisher
+from tests.strategies.kwargs import sgd
 
 
 def _bwt(strategy: ContinualModule) -> float:
     stream = PermutedDigits(n_experiences=3, seed=0, val_fraction=0.0, batch_size=32)
-    acc = fit_stream(strategy, stream, trainer_factory(max_epochs=4))
+    acc = fit_stream(strategy, stream, trainer_factory(max_epochs=4)).accuracy_matrix
     return float(backward_transfer(acc))
 
 
 @pytest.fixture(scope="module")
 def bwts() -> dict[str, float]:
     out = {}
-    for name, make in {"naive": lambda: Naive(lr=0.05), "joint": lambda: Joint(lr=0.05),
-                       "ewc": lambda: EWC(lr=0.05, ewc_lambda=100.0, fisher_samples=512)}.items():
+    for name, make in {"naive": lambda: Naive(optimizer=sgd(0.05)), "joint": lambda: Joint(optimizer=sgd(0.05)),
+                       "ewc": lambda: EWC(optimizer=sgd(0.05), ewc_lambda=100.0, fisher_samples=512)}.items():
         pl.seed_everything(0, verbose=False)
         out[name] = _bwt(make())
     return out
@@ -46,7 +47,7 @@ def test_fisher_is_mean_of_squared_per_sample_gradients() -> None:
     pl.seed_everything(0, verbose=False)
     stream = PermutedDigits(n_experiences=1, seed=0, val_fraction=0.0)
     model = EWC()
-    model.bind(stream)
+    model.bind(stream.spec)
     exp = stream.experiences[0]
     fisher = diagonal_fisher(model, exp, max_samples=5, batch_size=2)
     expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}

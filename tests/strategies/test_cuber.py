@@ -6,21 +6,22 @@ import pytorch_lightning as pl
 import torch
 
 from clkit.nets import MLP
-from strategies.projection.trust_region import orth
 from strategies.projection.cuber import CUBER
 from strategies.projection.gpm import GPM
+from strategies.projection.trust_region import orth
 from tests.strategies._projection_streams import ReadoutStream, run_stream
+from tests.strategies.kwargs import sgd
 
 
 def _make(cls: type[GPM], **kwargs: object) -> GPM:
     pl.seed_everything(0, verbose=False)
-    return cls(backbone=MLP(hidden=[32, 32], bias=False), lr=0.05, threshold=0.97, **kwargs)  # type: ignore[arg-type]
+    return cls(backbone=MLP(hidden=[32, 32], bias=False), optimizer=sgd(0.05), threshold=0.97, **kwargs)  # type: ignore[arg-type]
 
 
 def test_docstring_and_label_mark_the_reconstruction() -> None:
     assert (CUBER.__doc__ or "").startswith("Reconstruction of CUBER (Lin et al., NeurIPS 2022); not the authors' "
                                             "algorithm")
-    assert CUBER().extra_results()["label"] == "CUBER (clkit reconstruction)"
+    assert CUBER().extra_results(torch.zeros(1, 1))["label"] == "CUBER (clkit reconstruction)"
 
 
 def test_positive_backward_transfer_on_shared_structure() -> None:

@@ -11,10 +11,12 @@ import torch
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.toy import ToySplit
-from strategies.supermask.masks import topk_mask, unpack_bits
 from strategies.supermask.exssnet import ExSSNeT
+from strategies.supermask.masks import topk_mask, unpack_bits
 
-FAST = {"density": 0.3, "mask_epochs": 2, "weight_epochs": 2, "mask_lr": 0.05, "weight_lr": 0.01}
+WEIGHT_LR = 0.01
+FAST = {"density": 0.3, "mask_epochs": 2, "weight_epochs": 2, "mask_lr": 0.05, "seed": 0,
+        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": WEIGHT_LR}}}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,7 +50,7 @@ class _Spy(ExSSNeT):
 
     def transform_gradients(self) -> None:
         super().transform_gradients()
-        if self.phase != "weight" or not self.hparams.exclusive:
+        if self.phase != "weight" or not self.exclusive:
             return
         task = self.current_experience.task_id  # type: ignore[union-attr]
         for layer, keep in zip(self._masked(), self.exclusive_masks):
@@ -78,10 +80,11 @@ class _Spy(ExSSNeT):
 def _run(stream: ContinualDataModule, **kwargs: Any) -> tuple[_Spy, torch.Tensor]:
     probe = stream.experiences[0].test.x[:16]
     strategy = _Spy(probe, **{**FAST, "debug_checks": True, **kwargs})
-    return strategy, StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+    return strategy, StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run().accuracy_matrix
 
 
-@pytest.mark.parametrize("opt", [{}, {"weight_decay": 0.05}, {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.05}],
+@pytest.mark.parametrize("opt", [{}, {"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": WEIGHT_LR, "weight_decay": 0.05}}},
+                                 {"optimizer": {"class_path": "torch.optim.SGD", "init_args": {"lr": WEIGHT_LR, "momentum": 0.9, "weight_decay": 0.05}}}],
                          ids=["adam", "adam-wd-post-step", "sgd-momentum-post-step"])
 def test_old_tasks_are_bit_identical(opt: dict[str, Any]) -> None:
     strategy, acc = _run(_stream(), **opt)
@@ -151,12 +154,11 @@ def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
     stream = _stream(2, val_fraction=0.2)
     exps = stream.experiences
     strategy = ExSSNeT(faithful=True, **FAST)
-    strategy.bind(stream)
-    assert strategy.val_data(exps[:1]) is exps[0].test  # row 3: the official code validates on test
-    strategy.current_experience = exps[0]
-    strategy.on_experience_start(exps[0])
+    strategy.bind(stream.spec)
+    assert strategy.val_data(exps[0]) is exps[0].test  # row 3: the official code validates on test
+    strategy._enter_experience(exps[0])
     optimizers, _ = strategy.configure_optimizers()
-    assert optimizers[0].param_groups[0]["lr"] == FAST["weight_lr"]  # row 1: mask lr replaced by the weight lr
+    assert optimizers[0].param_groups[0]["lr"] == WEIGHT_LR  # row 1: mask lr replaced by the weight lr
     layers = strategy._masked()
     strategy.best.offer(strategy, 0, 0.9, epoch=0)
     best = [(layer.bool_mask(0), layer.weight.clone()) for layer in layers]
@@ -165,11 +167,10 @@ def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
             layer.scores["0"].copy_(torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(1)))
             layer.weight.mul_(-1)
     last = [layer.bool_mask(0) for layer in layers]
-    strategy.on_experience_end(exps[0])
+    strategy._exit_experience(exps[0])
     for layer, mask in zip(layers, last):  # row 4: the accuracy row is computed from the last epoch's state
         assert torch.equal(unpack_bits(layer.masks.get(0), layer.weight.shape), mask)
-    strategy.current_experience = exps[1]
-    strategy.on_experience_start(exps[1])
+    strategy._enter_experience(exps[1])
     for layer, (mask, weight) in zip(layers, best):  # ... and the next task starts from the best state
         assert torch.equal(unpack_bits(layer.masks.get(0), layer.weight.shape), mask)
         assert torch.equal(unpack_bits(layer.union, layer.weight.shape), mask)

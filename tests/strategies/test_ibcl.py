@@ -12,22 +12,27 @@ import torch
 
 from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
+from clkit.module import memory_bytes
 from scenarios.ibcl_toy import RotatingBinary
 from scenarios.toy import ToySplit
+from strategies.ibcl import IBCL
 from strategies.ibcl.bayes import mlp_forward
-from strategies.ibcl.credal import combination_weights, preferences
 from strategies.ibcl.cli import main as generate_main
+from strategies.ibcl.credal import combination_weights, preferences
 from strategies.ibcl.evaluation import _FAITHFUL, task_accuracies
 from strategies.ibcl.hdr import mixture_log_prob
 from strategies.ibcl.plot import pareto_points, plot_pareto
-from strategies.ibcl import IBCL
+from tests.strategies.kwargs import adam
 
 STDS = [1.0, 1.5, 2.0]
 
 
+NO_MATRIX = torch.zeros(1, 1)  # (IBCL's results do not depend on the test matrix)
+
+
 def _train(stream: RotatingBinary, epochs: int = 5, run_dir: Path | None = None, **kwargs: object) -> IBCL:
     pl.seed_everything(0, verbose=False)
-    kwargs = {"lr": 0.05, "prior_stds": STDS, "num_preferences": 4, "num_samples": 5, **kwargs}
+    kwargs = {"optimizer": adam(0.05), "prior_stds": STDS, "num_preferences": 4, "num_samples": 5, **kwargs}
     module = IBCL(**kwargs)  # type: ignore[arg-type]
     StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
     return module
@@ -84,9 +89,10 @@ def test_knowledge_base_grows_sublinearly_on_near_duplicate_tasks() -> None:
     full = _train(stream, epochs=2, d=0.0, num_preferences=1, num_samples=2)
     pruned = _train(stream, epochs=2, d=0.5, num_preferences=1, num_samples=2)
     m, tasks, p = len(STDS), 4, full.kb.mus[0].numel()
-    assert len(full.kb) == m * tasks and full.strategy_state_bytes() == m * tasks * 2 * p * 4
+    kb_bytes = m * tasks * 2 * p * 4  # posteriors: mean and std, float32
+    assert len(full.kb) == m * tasks and full.strategy_state_bytes() == kb_bytes + memory_bytes(full.val_sets)
     assert 1 <= len(pruned.kb) < m * tasks
-    kb_sizes = pruned.extra_results()["ibcl"]["kb_size"]
+    kb_sizes = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
     assert kb_sizes == sorted(kb_sizes) and kb_sizes[-1] == len(pruned.kb)
     reused = {s for row in pruned.kb.slots[1:] for s in row} & {s for s in pruned.kb.slots[0]}
     assert reused  # later tasks point at task-0 points
@@ -100,7 +106,7 @@ def test_same_seed_gives_the_same_generated_model(trained: tuple[IBCL, Path], co
         assert torch.equal(module.generate_theta([0.3, 0.7], mode=mode), again.generate_theta([0.3, 0.7], mode=mode))
     assert not torch.equal(module.generate_theta([0.3, 0.7], mode="sample", seed=1),
                            module.generate_theta([0.3, 0.7], mode="sample", seed=2))
-    assert again.extra_results() == module.extra_results()  # NaN-free copy of every stage's results
+    assert again.extra_results(NO_MATRIX) == module.extra_results(NO_MATRIX)  # NaN-free copy of every stage's results
 
 
 def test_preferences_are_saved_and_shared(trained: tuple[IBCL, Path]) -> None:
@@ -108,12 +114,12 @@ def test_preferences_are_saved_and_shared(trained: tuple[IBCL, Path]) -> None:
     module = trained[0]
     for stage, result in enumerate(module.stage_results):
         assert torch.equal(torch.tensor(result["preferences"], dtype=torch.float64),
-                           preferences(stage, 4, seed=module.hparams.seed))
+                           preferences(stage, 4, seed=module.seed))
 
 
 def test_results_json_entry(trained: tuple[IBCL, Path]) -> None:
     module = trained[0]
-    res = module.extra_results()["ibcl"]
+    res = module.extra_results(NO_MATRIX)["ibcl"]
     json.dumps(res, allow_nan=False)
     stages = res["stages"]
     assert [s["stage"] for s in stages] == [0, 1] and stages[1]["selection"] == "validation"
@@ -152,8 +158,14 @@ def test_checkpoint_restore_and_generate_command(trained: tuple[IBCL, Path], con
     x = conflicting.experiences[1].test.x
     assert torch.allclose(model(x), module.generate([0.4, 0.6], mode="mean")(x))
     assert json.loads(out.with_suffix(".json").read_text())["preference"] == [0.4, 0.6]
-    with pytest.raises(ConfigError, match="config.yaml"):  # validation selection needs the run's scenario
-        generate_main(["--run", str(run_dir), "--preference", "1", "--out", str(tmp_path / "s.pt")])
+    # validation selection works from the checkpoint alone (IBCL keeps the validation splits it selects on)
+    selected = generate_main(["--run", str(run_dir), "--preference", "0.4", "0.6", "--out", str(tmp_path / "s.pt")])
+    theta = restored.generate_theta([0.4, 0.6])
+    assert torch.equal(torch.load(selected, weights_only=False)(x), restored.generate([0.4, 0.6])(x))
+    assert torch.equal(theta, module.generate_theta([0.4, 0.6]))
+    with pytest.raises(ConfigError, match="config.yaml"):  # the Pareto plot tests on the run's scenario
+        generate_main(["--run", str(run_dir), "--preference", "0.5", "0.5", "--pareto", "0", "1",
+                       "--out", str(tmp_path / "p.pt")])
 
 
 def test_pareto_front_trades_the_two_tasks(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
@@ -227,7 +239,8 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: 
                        "--model.init_args.num_samples", "3", "--run_dir", str(tmp_path / "run")])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["strategy"] == "IBCL" and len(results["ibcl"]["stages"]) == 5
-    assert results["strategy_state_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
+    assert results["ibcl"]["kb_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
+    assert results["strategy_state_bytes"] > results["ibcl"]["kb_bytes"]  # plus the validation splits it selects on
     from clkit.cli import main as clkit_main
 
     capsys.readouterr()

@@ -10,14 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from clkit.cli.fit import _build_cli
+from clkit.optim import probe
 from strategies.projection.nets import ReducedResNet18
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 RESNET_SAMPLES = [10] * 9 + [50] * 4 + [100] * 7  # gradient_projection.md §3: 17 main convs + 3 shortcuts in order
 
-# gradient_projection.md §4.4 and §7: (data class, threshold, lr, lr_factor, lr_patience, lr_min, epochs, seed, passes)
+# the protocol tables of docs/methods/projection.md: (data class, threshold, lr, lr_factor, lr_patience, lr_min, epochs, seed, passes)
 PROJECTION: dict[str, tuple[Any, ...]] = {
     "pmnist": ("PermutedMNIST", [0.95, 0.99, 0.99], 0.01, None, None, None, 5, 2, 1),
     "cifar100": ("SplitCIFAR100", 0.97, 0.01, 2.0, 6, 1e-5, 200, 1, 10),
@@ -38,11 +40,14 @@ def test_config_builds_its_strategy_and_scenario(path: Path) -> None:
 def test_projection_protocol_configs_follow_the_spec(method: str, bench: str) -> None:
     data, threshold, lr, factor, patience, lr_min, epochs, seed, passes = PROJECTION[bench]
     cli = _build_cli(["--config", str(CONFIGS[0].parent / f"{method}_{bench}.yaml")])
-    hp, dm = cli.model.hparams, cli.datamodule
+    hp, dm = cli.model, cli.datamodule
     assert type(dm).__name__ == data and dm.batch_size == (10 if bench == "pmnist" else 64)
     assert dm.val_split == ("first" if bench == "pmnist" else "random")
-    assert hp.threshold == threshold and hp.lr == lr and hp.test_passes == passes and hp.seed == seed
-    assert cli.trainer.max_epochs == epochs and hp.momentum == 0.0 and hp.optimizer == "sgd"
+    assert hp.threshold == threshold and hp.lr == lr and cli.config.test_passes == passes
+    assert cli.config.seed_everything == seed
+    optimizer = probe(hp.optimizer_factory)
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.0
+    assert cli.trainer.max_epochs == epochs
     if factor is not None:
         assert (hp.lr_factor, hp.lr_patience, hp.lr_min) == (factor, patience, lr_min)
     if method != "gpm":

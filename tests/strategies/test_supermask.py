@@ -1,4 +1,4 @@
-"""Unit tests of the supermask building blocks (no Lightning): spec ``supermasks.md`` §14 items 1, 2, 4, 5, 6."""
+"""Unit tests of the supermask building blocks: top-k/STE, initialisation, bit packing, KKT, masked layers, memory."""
 
 from __future__ import annotations
 
@@ -8,9 +8,17 @@ import pytest
 import torch
 from torch import nn
 
-from strategies.supermask.kkt import choose_sources, knn_accuracy, scores_from_masks, scores_from_sources, subset_indices
-from strategies.supermask.layers import MaskedConv2d, MaskedLinear, TaskBatchNorm
-from strategies.supermask.model import add_task, freeze_task, layout, restore_layout, set_task, superposed
+from clkit.data import StreamSpec
+from strategies.supermask import MaskedMLP, SupSup
+from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
+from strategies.supermask.kkt import (
+    choose_sources,
+    knn_accuracy,
+    scores_from_masks,
+    scores_from_sources,
+    subset_indices,
+)
+from strategies.supermask.layers import MaskedConv2d, MaskedLinear
 from strategies.supermask.masks import (
     count_bits,
     exclusive_bits,
@@ -21,7 +29,6 @@ from strategies.supermask.masks import (
     union_bits,
     unpack_bits,
 )
-from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -202,82 +209,93 @@ def test_subset_indices_seeded() -> None:
         subset_indices(10, 0.0, _gen())
 
 
-# ----- layers: caching, freezing, superposition, checkpoint layout ---------------------------------------------------
-def _net(density: float = 0.2) -> nn.Sequential:
-    g = _gen(7)
-    return nn.Sequential(
-        MaskedLinear(6, 8, density, g), TaskBatchNorm(8, dim=1), nn.ReLU(), MaskedLinear(8, 3, density, g)
-    )
+# ----- layers: caching, freezing, superposition, CL memory -----------------------------------------------------------
+def _net(density: float = 0.2) -> SupSup:
+    """A bound SupSup whose masked MLP is 6 -> 8 (task BatchNorm) -> 3 classes."""
+    net = SupSup(backbone=MaskedMLP(hidden=[8]), density=density, seed=7)
+    net.bind(StreamSpec("task-il", (6,), 3, ((0, 1, 2),) * 5, True))
+    return net
 
 
-def _train_bn(net: nn.Module, task: int, x: torch.Tensor) -> None:
-    set_task(net, task)
+def _out(net: SupSup, x: torch.Tensor) -> torch.Tensor:
+    return net.heads[0](net.features(x))
+
+
+def _train_bn(net: SupSup, task: int, x: torch.Tensor) -> None:
+    net.set_task(task)
     net.train()
     with torch.no_grad():
-        net(x + task)  # distinct running statistics per task
+        _out(net, x + task)  # distinct running statistics per task
+
+
+def _freeze(net: SupSup, task: int, keep: str) -> None:
+    for layer in net._masked():
+        layer.freeze_task(task, keep)  # type: ignore[arg-type]
 
 
 def test_eval_cache_follows_score_updates_and_freeze_keeps_outputs() -> None:
     net, x = _net(), torch.randn(16, 6, generator=_gen(1))
-    add_task(net, 0, _gen(2))
+    net.add_task(0)
     _train_bn(net, 0, x)
     net.eval()
-    before = net(x)
+    before = _out(net, x)
+    first = net._masked()[0]
     with torch.no_grad():
-        net[0].scores["0"].mul_(torch.rand(6, generator=_gen(3)))  # in-place change -> new mask
-    changed = net(x)
+        first.scores["0"].mul_(torch.rand(6, generator=_gen(3)))  # in-place change -> new mask
+    changed = _out(net, x)
     net.train()
-    assert torch.equal(net.eval()(x), changed) and not torch.equal(changed, before)
-    freeze_task(net, 0, "bits")
-    assert len(net[0].scores) == 0 and 0 in net[0].masks
-    assert torch.equal(net(x), changed)
+    assert torch.equal(_out(net.eval(), x), changed) and not torch.equal(changed, before)
+    net.freeze_task(0)
+    assert len(first.scores) == 0 and 0 in first.masks
+    assert torch.equal(_out(net, x), changed)
 
 
 def test_superposition_one_hot_matches_task_and_mixture_bn() -> None:
     net, x = _net(), torch.randn(16, 6, generator=_gen(1))
     for t in range(3):
-        add_task(net, t, _gen(10 + t))
+        net.add_task(t)
         _train_bn(net, t, x)
-        freeze_task(net, t, "float" if t == 1 else "bits")
+        _freeze(net, t, "float" if t == 1 else "bits")
     net.eval()
-    set_task(net, 1)
-    expected = net(x)
-    with superposed(net, [0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "mixture"):
-        torch.testing.assert_close(net(x), expected)
-    with superposed(net, [0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "batch"):
-        assert not torch.allclose(net(x), expected)  # batch statistics differ from task 1's running ones
-    assert torch.equal(net(x), expected)  # superposition switched off again
-    assert torch.equal(net[0].real_scores(1), net[0].kept_scores.get(1))
+    net.set_task(1)
+    expected = _out(net, x)
+    with net.superposed([0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "mixture"):
+        torch.testing.assert_close(_out(net, x), expected)
+    with net.superposed([0, 1, 2], torch.tensor([0.0, 1.0, 0.0]), "batch"):
+        assert not torch.allclose(_out(net, x), expected)  # batch statistics differ from task 1's running ones
+    assert torch.equal(_out(net, x), expected)  # superposition switched off again
+    first = net._masked()[0]
+    assert torch.equal(first.real_scores(1), first.kept_scores.get(1))
     with pytest.raises(KeyError):
-        net[0].real_scores(0)
+        first.real_scores(0)
 
 
-def test_layout_round_trip_restores_outputs() -> None:
+def test_memory_round_trip_restores_outputs() -> None:
     net, x = _net(), torch.randn(16, 6, generator=_gen(1))
     for t in range(2):
-        add_task(net, t, _gen(10 + t))
+        net.add_task(t)
         _train_bn(net, t, x)
-    freeze_task(net, 0, "float")
+    _freeze(net, 0, "float")
+    _freeze(net, 1, "bits")
     fresh = _net()
-    restore_layout(fresh, layout(net))
+    fresh.load_memory_state(net.memory_state())  # lazily created masks, kept scores, task BatchNorms come back
     fresh.load_state_dict(net.state_dict())
+    assert fresh.strategy_state_bytes() == net.strategy_state_bytes() > 0
     for t in range(2):
-        set_task(net, t)
-        set_task(fresh, t)
-        assert torch.equal(fresh.eval()(x), net.eval()(x))
+        assert torch.equal(fresh.eval().task_logits(x, t), net.eval().task_logits(x, t))
 
 
 def test_unknown_task_raises_in_training_and_previews_initial_mask_in_eval() -> None:
     net, x = _net(), torch.randn(4, 6, generator=_gen(1))
-    add_task(net, 0)
-    set_task(net, 4)
+    net.add_task(0)
+    net.set_task(4)
     with pytest.raises(KeyError, match="task 4"):
-        net.train()(x)
-    preview = net.eval()(x)  # scores of task 4 are not allocated, only previewed
-    assert "4" not in net[0].scores
-    add_task(net, 4)
+        _out(net.train(), x)
+    preview = _out(net.eval(), x)  # scores of task 4 are not allocated, only previewed
+    assert "4" not in net._masked()[0].scores
+    net.add_task(4)
     net.eval()
-    torch.testing.assert_close(net(x), preview)  # same initial mask as the real scores
+    torch.testing.assert_close(_out(net, x), preview)  # same initial mask as the real scores
 
 
 # ----- one-shot task inference (pure) ---------------------------------------------------------------------------------

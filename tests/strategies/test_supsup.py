@@ -12,9 +12,10 @@ from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP
 from scenarios.toy import ToySplit
+from strategies.supermask import MaskedMLP, SupSup
 from strategies.supermask.layers import TaskBatchNorm
 from strategies.supermask.masks import kept_count, unpack_bits
-from strategies.supermask.supsup import MaskedMLP, SupSup
+from tests.strategies.kwargs import adam
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,16 +55,16 @@ class _Spy(SupSup):
 
 def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
     stream = _stream()
-    strategy = _Spy(lr=0.05, density=0.3)
-    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    strategy = _Spy(optimizer=adam(0.05, 1e-4), density=0.3)
+    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run().accuracy_matrix
     for j in range(3):
         for i in range(j, 3):
             assert acc[i, j] == acc[j, j], (i, j)  # exactly: masks, weights and BN of task j never change
     assert acc.diagonal().mean() > 0.8  # the masks did learn the tasks
-    assert strategy.extra_results()["max_forgetting"] == 0.0  # spec §11: exactly zero
+    assert strategy.extra_results(acc)["max_forgetting"] == 0.0  # spec §11: exactly zero
 
-    reference = SupSup(lr=0.05, density=0.3)
-    reference.bind(stream)
+    reference = SupSup(optimizer=adam(0.05, 1e-4), density=0.3)
+    reference.bind(stream.spec)
     for trained, fresh in zip(strategy._masked(), reference._masked()):
         assert torch.equal(trained.weight, fresh.weight)  # W is never trained
     for task, masks in strategy.cached.items():
@@ -76,7 +77,7 @@ def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
 
 def test_state_bytes_count_masks_union_and_bn() -> None:
     stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
-    strategy = SupSup(lr=0.05, density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
+    strategy = SupSup(optimizer=adam(0.05, 1e-4), density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
     StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
     per_task_bits = sum((n + 7) // 8 for n in (8 * 32, 32 * 16, 16 * 2))  # two hidden layers + masked head
     assert strategy.mask_bytes_per_task() == per_task_bits
@@ -88,8 +89,8 @@ def test_state_bytes_count_masks_union_and_bn() -> None:
                                            ("exhaustive", "batch")])
 def test_task_inference_finds_the_task(mode: str, bn_infer: str) -> None:
     stream = _stream()
-    strategy = _Spy(lr=0.05, density=0.3, task_inference=mode, bn_infer=bn_infer)
-    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    strategy = _Spy(optimizer=adam(0.05, 1e-4), density=0.3, task_inference=mode, bn_infer=bn_infer)
+    acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run().accuracy_matrix
     ids = strategy.task_id_accuracy()
     assert sorted(ids) == [0, 1, 2] and min(ids.values()) >= 0.9
     assert acc[-1].mean() > 0.8  # classification with the inferred masks
@@ -100,7 +101,7 @@ def test_task_inference_finds_the_task(mode: str, bn_infer: str) -> None:
 def test_task_inference_on_a_one_example_batch() -> None:
     """``bn_infer="batch"`` cannot normalise one example: such a batch (a test set's last) uses the stored statistics."""
     stream = _stream()
-    strategy = _Spy(lr=0.05, density=0.3, task_inference="oneshot", bn_infer="batch")
+    strategy = _Spy(optimizer=adam(0.05, 1e-4), density=0.3, task_inference="oneshot", bn_infer="batch")
     StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
     strategy.eval()
     hits = 0
@@ -113,7 +114,7 @@ def test_task_inference_on_a_one_example_batch() -> None:
 
 def test_erdos_renyi_density_per_layer() -> None:
     strategy = SupSup(density_mode="erdos_renyi", er_scale=2.0, backbone=MaskedMLP(hidden=[32, 16]))
-    strategy.bind(_stream())
+    strategy.bind(_stream().spec)
     for layer in strategy._masked():
         c_out, c_in = layer.weight.shape
         assert layer.density == pytest.approx(min(0.5, 2.0 * (c_out + c_in) / (c_out * c_in)))
@@ -126,15 +127,15 @@ def test_rejects_bad_config_and_settings() -> None:
     with pytest.raises(ConfigError, match="task_inference"):
         SupSup(task_inference="maybe")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="task-il"):
-        SupSup().bind(ToySplit(num_experiences=2, setting="class-il", seed=0))
+        SupSup().bind(ToySplit(num_experiences=2, setting="class-il", seed=0).spec)
     with pytest.raises(ConfigError, match="density"):
         SupSup(density=0.0)
 
 
 def test_mask_overlap_diagnostic() -> None:
-    strategy = SupSup(lr=0.05, density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
-    StreamRun(strategy, _stream(), trainer_factory(max_epochs=1)).run()
-    overlap = strategy.extra_results()["mask_overlap"]
+    strategy = SupSup(optimizer=adam(0.05, 1e-4), density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
+    acc = StreamRun(strategy, _stream(), trainer_factory(max_epochs=1)).run().accuracy_matrix
+    overlap = strategy.extra_results(acc)["mask_overlap"]
     assert [overlap[i][i] for i in range(3)] == [1.0, 1.0, 1.0]
     layers = strategy._masked()
     both = sum(int((layer.bool_mask(0) & layer.bool_mask(2)).sum()) for layer in layers)

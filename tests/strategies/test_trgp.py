@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import pytest
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP
-from strategies.projection.nets import AlexNetGPM
 from scenarios.toy import ToySplit
-from strategies.projection.trust_region import scaled_weight
 from strategies.projection.gpm import GPM
+from strategies.projection.nets import AlexNetGPM
 from strategies.projection.trgp import TRGP, _input_side_scaling
+from strategies.projection.trust_region import scaled_weight
 from tests.strategies._projection_streams import ReadoutStream, run_stream
+from tests.strategies.kwargs import sgd
 
 
 def _trgp(**kwargs: object) -> TRGP:
-    pl.seed_everything(0, verbose=False)
-    return TRGP(backbone=MLP(hidden=[32, 32], bias=False), lr=0.05, threshold=0.97, **kwargs)  # type: ignore[arg-type]
+    kwargs = {"optimizer": sgd(0.05), "threshold": 0.97, "seed": 0, **kwargs}
+    return TRGP(backbone=MLP(hidden=[32, 32], bias=False), **kwargs)  # type: ignore[arg-type]
 
 
 def test_scales_start_at_identity_and_are_stored_as_independent_clones() -> None:
@@ -86,12 +86,12 @@ def test_old_task_is_evaluated_with_its_own_scales() -> None:
 
 
 def test_trgp_learns_a_related_task_better_than_gpm() -> None:
-    stream = ReadoutStream("related", n_tasks=2, noise=0.7)
-    acc_trgp, m_trgp = run_stream(_trgp(), stream, epochs=3)
-    pl.seed_everything(0, verbose=False)
-    acc_gpm, _ = run_stream(GPM(backbone=MLP(hidden=[32, 32], bias=False), lr=0.05, threshold=0.97), stream, epochs=3)
+    stream = ReadoutStream("related", n_tasks=2, noise=0.7)  # 8 input features: task 0 saturates fc1's memory
+    acc_trgp, m_trgp = run_stream(_trgp(optimizer=sgd(0.2)), stream, epochs=5)
+    gpm = GPM(backbone=MLP(hidden=[32, 32], bias=False), optimizer=sgd(0.2), threshold=0.97, seed=0)
+    acc_gpm, _ = run_stream(gpm, stream, epochs=5)
     assert acc_trgp[0, 0] == acc_gpm[0, 0]  # identical first task: the difference comes from the trust region
-    assert acc_trgp[1, 1] > acc_gpm[1, 1] + 0.05
+    assert acc_trgp[1, 1] > acc_gpm[1, 1] + 0.3  # (seeds 0-4: 0.86-0.96 against 0.11-0.14)
     assert m_trgp["bwt"] > -0.01  # and it is still forgetting-free
 
 
