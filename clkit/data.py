@@ -1,4 +1,4 @@
-"""Experiences and scenarios: the data contract between streams and strategies (DESIGN.md §2.1).
+"""Experiences and scenarios: the data contract between streams and strategies.
 
 Strategies never see Avalanche types: every experience holds :class:`TensorData`, plain tensors that are batched
 by indexing (no per-sample Python work). Scenarios subclass :class:`ContinualDataModule`.
@@ -264,12 +264,12 @@ class ContinualDataModule(pl.LightningDataModule):
         self.shuffle_tasks = shuffle_tasks
         self._experiences: Optional[list[Experience]] = None
 
-    # -- to implement ---------------------------------------------------------------------------------------------
+    # -- to implement --------------------------------------------------------------------------------------------------
     def build(self) -> list[Experience]:
         """Return the experiences in their natural order (called once, lazily)."""
         raise NotImplementedError
 
-    # -- public contract ------------------------------------------------------------------------------------------
+    # -- public contract -----------------------------------------------------------------------------------------------
     @property
     def experiences(self) -> list[Experience]:
         if self._experiences is None:
@@ -319,7 +319,7 @@ class ContinualDataModule(pl.LightningDataModule):
     def test_dataloader(self, seed: int = 0) -> list[EvalBatches]:  # type: ignore[override]
         return [self.eval_loader(e.test, seed=seed) for e in self.experiences]
 
-    # -- helpers for subclasses -----------------------------------------------------------------------------------
+    # -- helpers for subclasses ----------------------------------------------------------------------------------------
     def make_experience(self, index: int, classes: Sequence[int], train: TensorData, test: TensorData,
                         name: str = "") -> Experience:
         """An experience with the seeded validation split carved from ``train``."""

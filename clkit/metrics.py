@@ -1,4 +1,4 @@
-r"""The accuracy matrix and the continual-learning metrics computed from it (DESIGN.md §2.5).
+r"""The accuracy matrix and the continual-learning metrics computed from it.
 
 Notation: ``R`` is the (T, T) accuracy matrix, row ``i`` measured right after training experience ``i``, column ``j``
 the test data of experience ``j``; ``b`` holds the accuracies of the untrained model. All values are fractions.
@@ -171,7 +171,7 @@ def max_forgetting(acc: Tensor) -> Tensor:
     .. math:: F = \frac{1}{T-1} \sum_{j=0}^{T-2} \left(R_{T-1,j} - \max_{j \le i \le T-2} R_{i,j}\right)
 
     Unlike :func:`forgetting`, only rows from experience ``j`` on count (a task's accuracy before it is learned is
-    not a level it can forget) and the sign is reversed. Spec ``supermasks.md`` §11; it is exactly 0 whenever old
+    not a level it can forget) and the sign is reversed. As the supermask papers report it; it is exactly 0 whenever old
     tasks' accuracies never change, as SupSup/ExSSNeT guarantee in task-IL. Returns 0 when T == 1.
     """
     t = _check(acc)
@@ -184,7 +184,7 @@ def max_forgetting(acc: Tensor) -> Tensor:
 
 
 def stream_metrics(acc: Tensor, random_init: Tensor) -> dict[str, float]:
-    """All metrics of DESIGN.md §2.4 as plain floats (fractions)."""
+    """All metrics as plain floats (fractions)."""
     return {
         "acc": float(average_accuracy(acc)),
         "bwt": float(backward_transfer(acc)),

@@ -1,4 +1,4 @@
-"""The one adapter between Avalanche benchmarks and clkit experiences (DESIGN.md §2.1).
+"""The one adapter between Avalanche benchmarks and clkit experiences.
 
 Works with both Avalanche generator families: the 0.6 ones (``class_incremental_benchmark``,
 ``task_incremental_benchmark``, ``benchmark_from_datasets``) and the older ones (``nc_benchmark``,

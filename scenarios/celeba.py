@@ -1,4 +1,4 @@
-"""CelebA attribute tasks (IBCL protocol, ibcl.md §3): 15 binary domain-IL tasks on the same images.
+"""CelebA attribute tasks (IBCL protocol, docs/methods/ibcl.md): 15 binary domain-IL tasks on the same images.
 
 Task ``t`` predicts attribute ``t`` (label 1 = present) in torchvision's attribute order; every task uses all images
 of torchvision's splits (train 162,770 / valid 19,867 / test 19,962); the official *valid* split is the validation set.

@@ -1,4 +1,4 @@
-"""Split-CIFAR-100 animal vs non-animal pairs (IBCL protocol, ibcl.md §3): 10 binary domain-IL tasks.
+"""Split-CIFAR-100 animal vs non-animal pairs (IBCL protocol, docs/methods/ibcl.md): 10 binary domain-IL tasks.
 
 Task ``t`` is animal class ``a_t`` (label 0) vs non-animal class ``b_t`` (label 1) in the order of :data:`PAIRS`.
 Per class, ``val_per_class`` training images (seeded) are held out for validation and the rest train (400 / 100);
@@ -21,7 +21,7 @@ from scenarios.cifar import load_cifar
 
 __all__ = ["PAIRS", "CIFAR100Pairs"]
 
-# (animal, non-animal) CIFAR-100 fine-label ids, ibcl.md §3.
+# (animal, non-animal) CIFAR-100 fine-label ids (docs/methods/ibcl.md).
 PAIRS: tuple[tuple[int, int], ...] = ((1, 8), (4, 13), (30, 41), (32, 48), (55, 58), (67, 69), (72, 81), (73, 85),
                                       (91, 89), (95, 90))
 

@@ -1,4 +1,4 @@
-"""Binary domain-incremental streams for IBCL (one shared sigmoid output, no task id at test; spec section 2).
+"""Binary domain-incremental streams for IBCL (one shared sigmoid output, no task id at test).
 
 - :class:`BinaryDigits`: scikit-learn's bundled digits, task ``e`` = digit ``a_e`` (label 0) vs digit ``b_e``
   (label 1), offline.
@@ -32,7 +32,7 @@ class BinaryDigits(ContinualDataModule):
     """Digits (8x8, flattened to 64 features in [0, 1]) as binary domain-IL: one digit pair per experience.
 
     The first digit of each pair is labelled 0 and the second 1, consistently across tasks (the shared head makes
-    the polarity matter, as in the spec's Split-CIFAR100 pairs).
+    the polarity matter, as in the protocol's Split-CIFAR100 pairs).
 
     Args:
         pairs: Digit pairs, one per experience (default (0,1), (2,3), (4,5), (6,7), (8,9)).

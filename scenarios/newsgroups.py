@@ -1,4 +1,4 @@
-"""20 Newsgroups binary pairs (IBCL protocol, ibcl.md §3): 5 domain-IL tasks on 512-d TF-IDF + PCA features.
+"""20 Newsgroups binary pairs (IBCL protocol, docs/methods/ibcl.md): 5 domain-IL tasks on 512-d TF-IDF + PCA features.
 
 Task ``t`` is newsgroup ``p_t`` (label 0) vs ``q_t`` (label 1) for the pairs in :data:`PAIRS`. Headers, footers and
 quotes are removed; ``TfidfVectorizer(stop_words="english", max_df=0.95, min_df=2)`` then ``PCA(512)`` are fitted on

@@ -1,4 +1,4 @@
-"""Tiny ImageNet animal vs non-animal pairs (IBCL protocol, ibcl.md §3): 10 binary domain-IL tasks.
+"""Tiny ImageNet animal vs non-animal pairs (IBCL protocol, docs/methods/ibcl.md): 10 binary domain-IL tasks.
 
 Task ``t`` is animal class ``a_t`` (label 0) vs non-animal class ``b_t`` (label 1), both named by WordNet id in
 :data:`PAIRS`. The official code indexes the classes in directory-listing order, which depends on the file system,

@@ -2,7 +2,7 @@
 
     python scripts/bench_ibcl.py [--quick]
 
-Trains IBCL on a synthetic binary domain-IL stream of 512-d features (the spec's feature width) with a
+Trains IBCL on a synthetic binary domain-IL stream of 512-d features (the protocol's feature width) with a
 ~100k-parameter head (512-192-16-1 = 101,601 parameters), then
 
 - times generating a model for new preferences (HDR + sampling, plus validation selection of K = 10 samples),

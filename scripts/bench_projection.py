@@ -9,7 +9,7 @@ is active:
 - ``start``: the experience-start hook (TRGP/CUBER trust-region pass);
 - ``memory``: the basis update at the experience end (SVDs; CUBER adds its stored-gradient pass), per experience.
 
-Targets (spec): GPM <= 1.3x Naive per epoch, TRGP/CUBER <= 2x.
+Targets: GPM <= 1.3x Naive per epoch, TRGP/CUBER <= 2x.
 
     python scripts/bench_projection.py           # 3 repetitions, 3 epochs, 4000 samples per experience
     python scripts/bench_projection.py --quick   # seconds

@@ -101,7 +101,7 @@ def _markdown(paths: list[Path], columns: list[str], names: dict[str, str], grou
     runs_line = (f"Sweeps: {', '.join(f'`{p}`' for p in paths)}. Runs: {states['done']} done, "
                  f"{states['failed']} failed, {unfinished} not finished, of {len(runs)} planned.")
     over_line = (f"Cells are mean ± sample std over {', '.join(f'`{k}`' for k in over) or 'nothing (one run each)'}; "
-                 "`runs` = finished / planned runs in the row; acc, bwt, fwt, forgetting are fractions (DESIGN.md §2.5).")
+                 "`runs` = finished / planned runs in the row; acc, bwt, fwt, forgetting are fractions.")
     lines = ["# Sweep report", "", runs_line, over_line, ""]
     head = [names.get(c, c) for c in columns] + ["runs"] + [HEADERS[m] for m in METRICS]
     rows = [[g.labels[c] for c in columns] + [f"{len(g.done)}/{len(g.runs)}"] + [_cell(g, m) for m in METRICS]

@@ -43,7 +43,7 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def hidden_sizes(model_size: str) -> tuple[int, ...]:
-    """Hidden widths of the spec's model sizes (small = logistic regression, normal 64, large 128-16)."""
+    """Hidden widths of the protocol's model sizes (small = logistic regression, normal 64, large 128-16)."""
     if model_size not in MODEL_SIZES:
         raise ValueError(f"model_size={model_size!r} is not one of {sorted(MODEL_SIZES)}")
     return MODEL_SIZES[model_size]
@@ -248,7 +248,7 @@ def nll(logits: Tensor, y: Tensor, reduction: Literal["mean", "sum"] = "mean") -
 def negative_elbo(logits: Tensor, y: Tensor, *, mu: Tensor, sigma: Tensor, prior_mu: Tensor, prior_sigma: Tensor,
                   n_train: int, objective: Literal["clean", "faithful"] = "clean",
                   theta: Tensor | None = None) -> Tensor:
-    """Per-chain loss of spec section 4.3, (m,).
+    """Per-chain loss, (m,): the negative ELBO per example (docs/methods/ibcl.md).
 
     ``"clean"``: ``mean_B NLL + KL(q || p) / N``, the negative ELBO divided by ``N`` with the KL analytic.
     ``"faithful"``: the official ``sum_B NLL + log q(theta) - log p(theta)`` at the sample ``theta`` (m, P)

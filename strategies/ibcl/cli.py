@@ -7,8 +7,8 @@ Example::
         --pareto 0 1 --plot pareto.png
 
 The run's checkpoint describes the strategy, its backbone and the validation data that ``--mode select`` (the
-default) chooses on; the run directory's ``config.yaml`` gives the scenario whose test data ``--pareto`` plots. The model is saved with
-``torch.save(model)`` (load it with ``torch.load(path, weights_only=False)``); it maps raw inputs to logits.
+default) chooses on; the run directory's ``config.yaml`` gives the scenario whose test data ``--pareto`` plots. The
+model is saved with ``torch.save(model)`` (load it with ``torch.load(path, weights_only=False)``); it maps raw inputs to logits.
 """
 
 from __future__ import annotations

@@ -61,7 +61,7 @@ class KnowledgeBase:
 
     def update(self, mu: Tensor, sigma: Tensor, *, d: float = 0.0,
                distance: Distance = "w2") -> tuple[Tensor, Tensor]:
-        """Add task ``num_tasks``'s ``m`` posteriors with pruning (spec section 5) and return the next priors.
+        """Add task ``num_tasks``'s ``m`` posteriors with pruning and return the next priors.
 
         Chains are processed in order. A chain's posterior is discarded when the nearest stored point (including
         points stored earlier in this task) is within ``d``; that point then fills the chain's slot and becomes
@@ -159,7 +159,7 @@ def _check_preference(preference: Tensor, num_tasks: int) -> None:
 
 def combination_weights(preference: Tensor | Sequence[float], slots: Sequence[Sequence[int]],
                         num_points: int) -> Tensor:
-    """Convex weights ``beta`` over the KB points for a preference (spec section 6.2).
+    """Convex weights ``beta`` over the KB points for a preference.
 
     ``beta_{k,j} = w_k / m`` is attached to ``KB[slots[k][j]]``; a substitute accumulates the weights of every
     slot mapped to it, so ``beta`` is non-negative and sums to 1.

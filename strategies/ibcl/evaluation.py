@@ -27,15 +27,15 @@ from strategies.ibcl.metrics import (
     select_by_validation,
 )
 
-__all__ = ["IBCLOptions", "StageSelection", "draw_models", "region", "resolve_options", "select_stage", "task_accuracies",
-           "test_stage"]
+__all__ = ["IBCLOptions", "StageSelection", "draw_models", "region", "resolve_options", "select_stage",
+           "task_accuracies", "test_stage"]
 
 Features = Callable[[Tensor], Tensor]
 
 
 @dataclass(frozen=True)
 class IBCLOptions:
-    """Resolved switches of spec section 10 (clean default vs. official behaviour) and evaluation sizes."""
+    """Resolved switches (clean default vs. official behaviour) and evaluation sizes."""
 
     objective: Literal["elbo", "official"] = "elbo"
     init: Literal["standard", "official"] = "standard"

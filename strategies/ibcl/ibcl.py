@@ -39,7 +39,7 @@ class IBCL(ContinualModule):
     Lu, Caprio, Eaton & Lee, "IBCL: Zero-shot Model Generation for Task Trade-offs in Continual Learning",
     arXiv 2305.14782. Per experience, ``m = len(prior_stds)`` mean-field Gaussian heads (VCL-style chains) are fit
     by variational inference over frozen features; the knowledge base keeps their posteriors, pruning a posterior
-    within W2 distance ``d`` of a stored one (spec section 5). A preference ``w`` over the seen tasks maps to convex
+    within W2 distance ``d`` of a stored one. A preference ``w`` over the seen tasks maps to convex
     weights over the stored posteriors, then to an HDR at level ``alpha`` from which models are sampled and one is
     selected on validation data (sections 6-7), with no training.
 
@@ -90,8 +90,8 @@ class IBCL(ContinualModule):
                  sample_per: Optional[Literal["coordinate", "tensor"]] = None,
                  selection: Optional[Literal["validation", "test_oracle"]] = None,
                  preference_kind: Optional[Literal["dirichlet", "normalized_uniform"]] = None,
-                 eval_drop_last: Optional[bool] = None, optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3),
-                 **kwargs: Any) -> None:
+                 eval_drop_last: Optional[bool] = None,
+                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3), **kwargs: Any) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
         if not prior_stds or min(prior_stds) <= 0:
             raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")
@@ -116,7 +116,7 @@ class IBCL(ContinualModule):
         self._stage: Optional[StageSelection] = None  # this stage's selection, until its models are tested
         self._n_train = 1
 
-    # -- binding --------------------------------------------------------------------------------------------------
+    # -- binding -------------------------------------------------------------------------------------------------------
     def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
         """Default: no backbone, the (flattened) inputs are the features (IBCL runs on frozen features)."""
         return nn.Flatten()
@@ -148,7 +148,7 @@ class IBCL(ContinualModule):
         assert self.posterior is not None, "call bind(stream) first"
         return [self.posterior.mu, self.posterior.rho]
 
-    # -- forward --------------------------------------------------------------------------------------------------
+    # -- forward -------------------------------------------------------------------------------------------------------
     def features(self, x: Tensor) -> Tensor:
         with torch.no_grad():
             return super().features(x).flatten(1)
@@ -162,7 +162,7 @@ class IBCL(ContinualModule):
         z = self(x, t)
         return (z[:, 1] >= z[:, 0]).long() if z.shape[-1] == 2 else z.argmax(-1)
 
-    # -- training -------------------------------------------------------------------------------------------------
+    # -- training ------------------------------------------------------------------------------------------------------
     def on_experience_start(self, experience: Experience) -> None:
         assert self.posterior is not None, "call bind(stream) first"
         if experience.index != self.kb.num_tasks:
@@ -205,7 +205,7 @@ class IBCL(ContinualModule):
         pred = (z[..., 0] >= 0).long() if z.shape[-1] == 1 else z.argmax(-1)
         self.log("val/acc", (pred == y).float().mean(), prog_bar=True)
 
-    # -- experience end: knowledge base, preferences, evaluation ---------------------------------------------------
+    # -- experience end: knowledge base, preferences, evaluation -------------------------------------------------------
     def on_experience_end(self, experience: Experience) -> None:
         assert self.posterior is not None
         self.kb.update(self.posterior.mu.detach().cpu(), self.posterior.sigma.detach().cpu(), d=self.opts.d,
@@ -236,7 +236,7 @@ class IBCL(ContinualModule):
         """The stored validation splits of the seen tasks (task ids 0 for the shared head)."""
         return [TensorData(x, y, torch.zeros_like(y)) for x, y in self.val_sets]
 
-    # -- zero-shot generation -------------------------------------------------------------------------------------
+    # -- zero-shot generation ------------------------------------------------------------------------------------------
     def generate_theta(self, preference: Sequence[float] | Tensor, *,
                        mode: Literal["select", "sample", "mean"] = "select", num_samples: int | None = None,
                        seed: int | None = None, val_data: Sequence[TensorData] | None = None) -> Tensor:
@@ -264,7 +264,7 @@ class IBCL(ContinualModule):
         return thetas[select_by_validation(acc, w)]
 
     def generate(self, preference: Sequence[float] | Tensor, **kwargs: Any) -> nn.Module:
-        """A deterministic model for ``preference`` without training (spec Algorithm 2).
+        """A deterministic model for ``preference`` without training (the paper's Algorithm 2).
 
         ``mode="select"`` (default) samples ``num_samples`` models from the preference's HDR and keeps the best by
         preference-weighted validation accuracy; ``"sample"`` returns one draw; ``"mean"`` the HDR's centre. The
@@ -274,7 +274,7 @@ class IBCL(ContinualModule):
 
         return model_from_theta(self.generate_theta(preference, **kwargs), self.sizes, self.backbone)
 
-    # -- CL memory and results ------------------------------------------------------------------------------------
+    # -- CL memory and results -----------------------------------------------------------------------------------------
     def memory_state(self) -> dict[str, Any]:
         return {**super().memory_state(), "kb": self.kb.state_dict()}
 

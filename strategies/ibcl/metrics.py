@@ -1,4 +1,4 @@
-"""IBCL's preference metrics (spec section 8) and model selection (section 7), as pure functions.
+"""IBCL's preference metrics and model selection, as pure functions (docs/methods/ibcl.md).
 
 Notation: at stage ``i`` there are ``M`` preferences ``w^(p)`` over tasks ``0..i`` and ``a[p, l]``, the test accuracy
 on task ``l`` of the model reported for preference ``p``. ``A_i[l]`` is the preference-weighted per-task accuracy;

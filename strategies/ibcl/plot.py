@@ -1,4 +1,4 @@
-"""Pareto fronts of IBCL for two tasks (the official first-two-task figure, spec section 10).
+"""Pareto fronts of IBCL for two tasks (the official first-two-task figure).
 
 For each preference over tasks ``(a, b)``, ``n_samples`` models are drawn from the preference's HDR and tested on
 both tasks; the "estimated Pareto" point of a preference is the sample maximising ``acc_a^2 + acc_b^2``.

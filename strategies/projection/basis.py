@@ -7,8 +7,9 @@ Pure, typed functions, tested without Lightning (``tests/strategies/test_project
 - A representation matrix ``R`` is ``(d, n)``: its columns are input vectors of the layer.
 - A memory (basis) ``M`` is ``(d, m)`` with orthonormal columns, float64; an empty memory has ``m = 0``.
 
-Representation matrices (linear inputs, conv inputs through ``unfold``) live in :mod:`strategies.projection.representation`
-and are re-exported here; the trust-region and CUBER pieces live in :mod:`strategies.projection.trust_region`.
+Representation matrices (linear inputs, conv inputs through ``unfold``) live in
+:mod:`strategies.projection.representation` and are re-exported here; the trust-region and CUBER pieces live in
+:mod:`strategies.projection.trust_region`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 ORTH_TOL = 1e-6
-"""Columns whose norm falls below this after orthogonalisation are dropped (spec §4.3)."""
+"""Columns whose norm falls below this after orthogonalisation are dropped."""
 ENERGY_TOL = 1e-9
 """Round-off slack on energy ratios, so ``eps = 1`` keeps the rank of ``R`` instead of its null directions."""
 
@@ -59,11 +60,12 @@ def empty_basis(dim: int, *, dtype: torch.dtype = torch.float64, device: torch.d
 
 # ----------------------------------------------------------------------------------------------- representations
 def energy_rank(sq_sigma: Tensor, total: float, eps: float, *, start: float = 0.0, faithful: bool = False) -> int:
-    """Number of directions to keep so the captured energy reaches ``eps`` (spec §4.3).
+    """Number of directions to keep so the captured energy reaches ``eps``.
 
     Returns the smallest ``r >= 0`` with ``start + sum_{i<r} sq_sigma[i] / total >= eps`` (capped at
     ``len(sq_sigma)``, up to ``ENERGY_TOL``). With ``faithful=True`` and ``start == 0`` (first task), returns the
-    official code's count of prefixes whose ratio is ``< eps``, one direction fewer (spec §9, pitfall #1).
+    official code's count of prefixes whose ratio is ``< eps``, one direction fewer (an official-code pitfall,
+    docs/methods/projection.md).
 
     Args:
         sq_sigma: Squared singular values, descending, ``(k,)``.
@@ -140,7 +142,7 @@ def svd_energies(rep: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = False) -> Tensor:
-    """GPM basis update with energy threshold ``eps`` (spec §4.3).
+    """GPM basis update with energy threshold ``eps``.
 
     First task (empty ``memory``): keep the top ``r`` left singular vectors of ``R``. Later tasks: SVD of the
     residual ``R - M M^T R`` and GPM Eq. 8-9. With ``faithful=False`` the new block is appended via
@@ -151,7 +153,7 @@ def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = Fa
         memory: Orthonormal ``(d, m)`` (``m`` may be 0).
         rep: Representation ``(d, n)``.
         eps: Energy threshold.
-        faithful: Official-code behaviour (spec §9, rows 1 and 2).
+        faithful: Official-code behaviour (official-code pitfalls, docs/methods/projection.md).
 
     Returns:
         The new memory ``(d, m')``, ``m' >= m``; it starts with the old columns.
@@ -181,7 +183,7 @@ def update_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = Fa
 
 # ------------------------------------------------------------------------------------------------------ projection
 def project_out(grad: Tensor, basis: Tensor) -> Tensor:
-    """Remove the component of ``grad`` that lies in span(``basis``): ``G - (G M) M^T`` (spec §4.5).
+    """Remove the component of ``grad`` that lies in span(``basis``): ``G - (G M) M^T``.
 
     Args:
         grad: One layer's gradient, ``(c_out, d)`` or a conv gradient (viewed as ``(c_out, d)``).

@@ -1,7 +1,7 @@
 """Network plumbing for the gradient-projection strategies: projected layers, BN freezing, sampling, LR plateaus.
 
 Kept apart from the math (:mod:`strategies.projection.basis`) and from the strategies themselves, so that GPM, TRGP and
-CUBER share one implementation of the protocol details of spec ``gradient_projection.md`` §2 and §4.6.
+CUBER share one implementation of the protocol details (docs/methods/projection.md).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def sample_rows(n_total: int, n: int, generator: torch.Generator) -> Tensor:
 
 @dataclass
 class PlateauDecay:
-    """Early stopping with LR decay on the validation loss (spec §2, the official GPM/TRGP schedule).
+    """Early stopping with LR decay on the validation loss (the official GPM/TRGP schedule).
 
     After each epoch: if the loss improved, keep a copy of the state and reset the patience; otherwise decrement it,
     and at 0 divide the LR by ``factor`` and reset it; stop once the LR falls below ``lr_min``.

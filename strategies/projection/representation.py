@@ -1,4 +1,4 @@
-"""Representation matrices of the gradient-projection family (spec gradient_projection.md §3).
+"""Representation matrices of the gradient-projection family (docs/methods/projection.md).
 
 A representation matrix ``R`` is ``(d, n)``: its columns are input vectors of a layer, so that ``W R`` (the weight
 viewed as ``(c_out, d)``) reproduces the layer's pre-activations. Linear layers use their inputs; conv layers the
@@ -49,7 +49,7 @@ def _conv_padding(conv: nn.Conv2d) -> tuple[int, int]:
 def conv_representation(x: Tensor, conv: nn.Conv2d, n: int) -> Tensor:
     """Representation of a Conv2d's input: unfolded patches (the layer's own kernel/stride/padding/dilation).
 
-    ``weight.view(c_out, -1) @ R`` reproduces the convolution output of the first ``n`` images (spec §4.2).
+    ``weight.view(c_out, -1) @ R`` reproduces the convolution output of the first ``n`` images.
 
     Args:
         x: Captured input, ``(batch, C_in, H, W)``.

@@ -112,7 +112,7 @@ class TRGP(GPM):
         """Whether a layer gets scale matrices (1x1 convolutions, i.e. shortcuts, do not)."""
         return not (isinstance(ref.module, nn.Conv2d) and tuple(ref.module.kernel_size) == (1, 1))
 
-    # -- forward with scaled weights --------------------------------------------------------------------------------
+    # -- forward with scaled weights -----------------------------------------------------------------------------------
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         if self._in_scaled_call:
             return super().forward(x, t)
@@ -163,7 +163,7 @@ class TRGP(GPM):
         return out
 
     def effective_weights(self, task: int) -> dict[str, Tensor]:
-        """``W_eff`` of every scaled layer when evaluating ``task`` (spec §5.3)."""
+        """``W_eff`` of every scaled layer when evaluating ``task``."""
         return {f"{ref.name}.weight": scaled_weight(ref.weight, bases, scales, products)
                 for ref, bases, scales, products in self.scaling_terms(task)}
 
@@ -173,7 +173,7 @@ class TRGP(GPM):
             self._basis_cache[key] = self.task_basis(layer, task).to(like.device, like.dtype)
         return self._basis_cache[key]
 
-    # -- experience hooks -------------------------------------------------------------------------------------------
+    # -- experience hooks ----------------------------------------------------------------------------------------------
     def on_experience_start(self, experience: Experience) -> None:
         super().on_experience_start(experience)
         layers = self.projected_layers()
@@ -209,7 +209,7 @@ class TRGP(GPM):
         return list(grads)
 
     def select_regimes(self, grads: list[Tensor | None]) -> list[list[int]]:
-        """Per layer, the trust-region tasks ``S_t^l`` (spec §5.2)."""
+        """Per layer, the trust-region tasks ``S_t^l``."""
         out: list[list[int]] = []
         exp = self.current_experience
         hard_coded = self.faithful and exp is not None and exp.index == 2 and not isinstance(
@@ -240,7 +240,7 @@ class TRGP(GPM):
         self.scales = nn.ParameterDict()
 
     def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
-        """Per-task basis selection (spec §5.1): ``B_t`` and the memory of every layer."""
+        """Per-task basis selection: ``B_t`` and the memory of every layer."""
         eps = self.thresholds(experience.index)
         stored, bases = [], []
         for b, r, e in zip(self.bases, reps, eps):
@@ -250,7 +250,7 @@ class TRGP(GPM):
         self.bases = bases
         self.task_bases = [*self.task_bases, stored]
 
-    # -- memory ----------------------------------------------------------------------------------------------------
+    # -- memory --------------------------------------------------------------------------------------------------------
     def load_memory_state(self, state: dict[str, Any]) -> None:
         super().load_memory_state(state)
         self._basis_cache.clear()

@@ -1,7 +1,7 @@
 """TRGP and CUBER math: per-task bases, trust regions, scaled weights, released subspaces, the guard.
 
 Pure, typed functions on top of :mod:`strategies.projection.basis` (same shape conventions: weights ``(c_out, d)``,
-representations ``(d, n)``, orthonormal bases ``(d, k)``). Spec: ``gradient_projection.md`` §5 and §6.
+representations ``(d, n)``, orthonormal bases ``(d, k)``). Method notes: docs/methods/projection.md.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 
-# ------------------------------------------------------------------------------------------------ TRGP §5.1
+# ------------------------------------------------------------------------------------------------ TRGP
 class TaskBasis(NamedTuple):
     """Result of :func:`select_task_basis`."""
 
@@ -50,13 +50,13 @@ class TaskBasis(NamedTuple):
 
 
 def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool = False) -> TaskBasis:
-    """TRGP per-task basis selection (spec §5.1).
+    """TRGP per-task basis selection.
 
     Pools the energies ``delta_i = ||u_i^T R||^2`` of the memory columns with the squared singular values of the
     residual ``R - M M^T R``, and takes the shortest descending prefix reaching ``eps * ||R||_F^2``. Every chosen
     residual vector enters the memory (re-orthonormalised), so ``span(B_t) <= span(M')``. With ``faithful=True``
-    the strongest residual vector is left out of the memory, as the official code does (spec §9, pitfall #3), and
-    the memory is concatenated without re-orthonormalisation.
+    the strongest residual vector is left out of the memory, as the official code does (an official-code pitfall,
+    docs/methods/projection.md), and the memory is concatenated without re-orthonormalisation.
 
     Args:
         memory: Orthonormal ``(d, m)``; ``m = 0`` before the first task.
@@ -95,9 +95,9 @@ def select_task_basis(memory: Tensor, rep: Tensor, eps: float, *, faithful: bool
     return TaskBasis(new_memory[:, columns], new_memory, columns)  # B_t: (d, k_t)
 
 
-# ------------------------------------------------------------------------------------------------ TRGP §5.2
+# ------------------------------------------------------------------------------------------------ TRGP
 def projection_norms(grad: Tensor, bases: Sequence[Tensor]) -> Tensor:
-    """``p_j = ||g B_j B_j^T||_F`` for every old task basis (spec §5.2).
+    """``p_j = ||g B_j B_j^T||_F`` for every old task basis.
 
     Args:
         grad: Weight gradient, viewed as ``(c_out, d)``.
@@ -127,10 +127,10 @@ def trust_region(norms: Tensor, grad_norm: float, eps_proj: float, top_k: int = 
     return [int(j) for j in top if float(norms[j]) / grad_norm > eps_proj]
 
 
-# ------------------------------------------------------------------------------------------------ TRGP §5.3
+# ------------------------------------------------------------------------------------------------ TRGP
 def scaled_weight(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tensor],
                   products: Sequence[Tensor] | None = None) -> Tensor:
-    """``W_eff = W + sum_s W B_s (Q_s - I) B_s^T`` reshaped like ``weight`` (spec §5.3).
+    """``W_eff = W + sum_s W B_s (Q_s - I) B_s^T`` reshaped like ``weight``.
 
     Differentiable in ``weight`` and in every ``Q_s``; equals ``weight`` when every ``Q_s = I``. While ``W`` is
     trained with gradients projected out of ``span(M) >= span(B_s)``, ``W B_s`` does not change, so it may be
@@ -157,11 +157,12 @@ def scaled_weight(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tens
 
 
 def basis_overlap(b1: Tensor, b2: Tensor) -> float:
-    """``||B_1^T B_2||_F``: directions shared by two trust-region bases (spec §9, pitfall #10)."""
+    """``||B_1^T B_2||_F``: directions shared by two trust-region bases (they are counted twice; the official
+    formula is kept)."""
     return float(torch.linalg.matrix_norm(b1.double().T @ b2.double()))  # (k1,d)(d,k2) -> (k1,k2)
 
 
-# ------------------------------------------------------------------------------------------------ CUBER §6
+# ------------------------------------------------------------------------------------------------ CUBER
 def cosine(a: Tensor, b: Tensor) -> float:
     """Frobenius cosine ``<a, b> / (||a|| ||b||)``; 0 when either is zero."""
     na, nb = float(a.norm()), float(b.norm())
@@ -173,7 +174,7 @@ def cosine(a: Tensor, b: Tensor) -> float:
 def classify_regimes(
     norms: Tensor, grad_norm: float, corrs: Sequence[float], *, eps_proj: float, eps_corr: float, top_k: int = 2
 ) -> tuple[list[int], list[int]]:
-    """CUBER regimes of one layer (spec §6.3).
+    """CUBER regimes of one layer.
 
     Returns:
         ``(scaled, released)``: regime-(ii) tasks (TRGP scaling) and regime-(iii) tasks (``c_j > eps_corr``).
@@ -199,7 +200,7 @@ def orth(mat: Tensor, *, rel_tol: float = ORTH_TOL, scale: float | None = None) 
 
 
 def released_basis(memory: Tensor, kept_bases: Sequence[Tensor], *, rel_tol: float = ORTH_TOL) -> Tensor:
-    """``U_rel = orth((I - K K^T) M)`` with ``K = orth([B_i for kept i])`` (spec §6.4).
+    """``U_rel = orth((I - K K^T) M)`` with ``K = orth([B_i for kept i])``.
 
     ``U_rel`` spans the memory directions no kept (non-released) task relies on. The memory is orthonormal, so the
     tolerance is taken relative to ``sigma_max(M) = 1``.
@@ -223,7 +224,7 @@ def released_basis(memory: Tensor, kept_bases: Sequence[Tensor], *, rel_tol: flo
 def guarded_gradient(
     grad: Tensor, memory: Tensor, released: Tensor, stored_grads: Sequence[Tensor], *, guard: bool = True
 ) -> tuple[Tensor, bool]:
-    """CUBER's per-step update of one layer (spec §6.4).
+    """CUBER's per-step update of one layer.
 
     ``g_gpm = G - (G M) M^T`` and ``g_rel = (G U) U^T``; returns ``g_gpm + g_rel`` if ``<g_rel, G_j> >= 0`` for every
     released task's stored gradient ``G_j`` (or ``guard=False``), else ``g_gpm``.

@@ -77,7 +77,7 @@ class SupermaskModule(ContinualModule):
         self._modules_cache: list[Any] = []
         self._layers_cache: list[MaskedLayer] = []
 
-    # -- construction ---------------------------------------------------------------------------------------------
+    # -- construction --------------------------------------------------------------------------------------------------
     def density_of(self, shape: tuple[int, ...]) -> float:
         return layer_density(shape, self.density_mode, self.density, self.er_scale)
 
@@ -147,7 +147,7 @@ class SupermaskModule(ContinualModule):
             for m in modules:
                 m.superposition = None
 
-    # -- forward --------------------------------------------------------------------------------------------------
+    # -- forward -------------------------------------------------------------------------------------------------------
     def set_task(self, task: int) -> None:
         for m in self._switchable():
             m.task = task
@@ -175,7 +175,7 @@ class SupermaskModule(ContinualModule):
         assert out is not None
         return out
 
-    # -- task inference -------------------------------------------------------------------------------------------
+    # -- task inference ------------------------------------------------------------------------------------------------
     def infer_task(self, x: Tensor) -> int:
         """The learned task whose mask most lowers the output entropy of ``x`` (one batch of one task)."""
         tasks = list(self.learned)
@@ -219,7 +219,7 @@ class SupermaskModule(ContinualModule):
         """Task-identification accuracy per row of the accuracy matrix (fraction of batches)."""
         return {row: c / n for row, (c, n) in sorted(self.task_id_hits.items()) if n}
 
-    # -- CL hooks -------------------------------------------------------------------------------------------------
+    # -- CL hooks ------------------------------------------------------------------------------------------------------
     def initial_scores(self, experience: Experience) -> Optional[list[Tensor]]:
         """Per-layer initial scores of a new task; ``None`` = random (ExSSNeT overrides it for KKT)."""
         return None
@@ -249,7 +249,7 @@ class SupermaskModule(ContinualModule):
         assert self.current_experience is not None
         return self.task_parameters(self.current_experience.task_id)
 
-    # -- memory ---------------------------------------------------------------------------------------------------
+    # -- memory --------------------------------------------------------------------------------------------------------
     def memory_state(self) -> dict[str, Any]:
         """Registered memory plus, per masked layer, the packed masks, kept scores and union, and per task
         BatchNorm, its running statistics (all of them also live in the module as buffers)."""
@@ -295,7 +295,7 @@ class SupermaskModule(ContinualModule):
         return out
 
     def mask_overlap(self) -> list[list[float]]:
-        """Whole-network ``|M_a & M_b| / |M_a|`` for every pair of learned tasks (spec §11; divides by ``|M_a|``)."""
+        """Whole-network ``|M_a & M_b| / |M_a|`` for every pair of learned tasks (divides by ``|M_a|``)."""
         layers = self._masked()
         sizes = {a: sum(count_bits(layer.masks.get(a)) for layer in layers) for a in self.learned}
         return [[sum(overlap_bits(layer.masks.get(a), layer.masks.get(b)) for layer in layers) / max(1, sizes[a])

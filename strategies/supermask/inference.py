@@ -1,4 +1,4 @@
-"""SupSup one-shot task inference (spec ``supermasks.md`` §9): entropy gradient with respect to mask coefficients.
+"""SupSup one-shot task inference (docs/methods/supermask.md): entropy gradient with respect to mask coefficients.
 
 The model is abstracted as ``forward(alpha, tasks) -> logits``: it runs the batch with every masked layer set to
 ``W * sum_i alpha_i M_{tasks[i]}``. The strategy builds that closure; these functions only do the math.

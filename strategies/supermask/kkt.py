@@ -1,4 +1,4 @@
-"""KNN-based knowledge transfer (KKT) for ExSSNeT (spec ``supermasks.md`` §7): probe, source choice, score init."""
+"""KNN-based knowledge transfer (KKT) for ExSSNeT (docs/methods/supermask.md): probe, source choice, score init."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def knn_accuracy(features: Tensor, labels: Tensor, k: int = 200, ref_fraction: f
 
 
 def choose_sources(accs: list[float], num_classes: int, mode: SimInit) -> list[int]:
-    """Earlier tasks whose scores initialise the new task, from their KNN accuracies (spec §7.4).
+    """Earlier tasks whose scores initialise the new task, from their KNN accuracies.
 
     Args:
         accs: ``acc_j`` for every earlier task ``j``.
@@ -86,7 +86,7 @@ def scores_from_sources(scores: list[Tensor]) -> Tensor:
 
 
 def scores_from_masks(masks: list[Tensor], generator: torch.Generator | None = None) -> Tensor:
-    """Scores ``c (1 + M_bar + u / (2m))`` from stored masks, for ``keep_scores="bits"`` (spec §7.5).
+    """Scores ``c (1 + M_bar + u / (2m))`` from stored masks, for ``keep_scores="bits"``.
 
     All values are positive, so top-k of ``|S|`` ranks weights by the mean mask ``M_bar`` and breaks ties at random;
     with one source it reproduces that source's mask exactly.

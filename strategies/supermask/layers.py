@@ -1,4 +1,4 @@
-"""Masked layers and per-task non-affine BatchNorm for the supermask family (spec ``supermasks.md`` §3, §8, §9).
+"""Masked layers and per-task non-affine BatchNorm for the supermask family (docs/methods/supermask.md).
 
 A :class:`MaskedLayer` holds one fixed weight ``W`` and, per task ``t``, either trainable scores ``S_t`` (while the task
 is learned) or a packed-bit mask ``M_t`` (after :meth:`MaskedLayer.freeze_task`). Its forward pass uses
@@ -78,7 +78,7 @@ class MaskedLayer(nn.Module):
         self.superposition: tuple[tuple[int, ...], Tensor] | None = None
         self._cache: tuple[tuple[int, int, int], Tensor] | None = None
 
-    # ----- task management ---------------------------------------------------------------------------------------
+    # ----- task management --------------------------------------------------------------------------------------------
     def add_task(self, task: int, generator: torch.Generator | None = None, init: Tensor | None = None) -> None:
         """Allocate trainable scores ``S_task``: random (``kaiming_uniform(a=sqrt 5)``) or a copy of ``init``.
 
@@ -150,7 +150,7 @@ class MaskedLayer(nn.Module):
     def union_count(self) -> int:
         return count_bits(self.union)
 
-    # ----- forward -----------------------------------------------------------------------------------------------
+    # ----- forward ----------------------------------------------------------------------------------------------------
     def _mask(self) -> Tensor:
         task = self.task
         trainable = str(task) in self.scores
@@ -230,9 +230,9 @@ class MaskedConv2d(MaskedLayer):
 
 
 class TaskBatchNorm(nn.Module):
-    """Per-task non-affine BatchNorm: ``bns[task]`` normalises, with running statistics per task (spec §3.4).
+    """Per-task non-affine BatchNorm: ``bns[task]`` normalises, with running statistics per task.
 
-    In superposition mode (task inference, spec §9) ``bn_infer`` chooses between the batch's own statistics
+    In superposition mode (task inference) ``bn_infer`` chooses between the batch's own statistics
     (``"batch"``, running statistics untouched) and the alpha-weighted mixture of the tasks' statistics.
     """
 

@@ -1,7 +1,7 @@
 """Pure supermask math: top-k selection with a straight-through estimator, densities, init, bit packing.
 
-Shared by :mod:`strategies.supermask.supsup` and :mod:`strategies.supermask.exssnet` (spec ``supermasks.md`` §3, §8). Everything here is a
-typed function of tensors; the masked layers live in :mod:`strategies.supermask.layers`.
+Shared by :mod:`strategies.supermask.supsup` and :mod:`strategies.supermask.exssnet` (docs/methods/supermask.md).
+Everything here is a typed function of tensors; the masked layers live in :mod:`strategies.supermask.layers`.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def topk_mask(scores: Tensor, density: float) -> Tensor:
     """Top-k mask of ``|scores|`` keeping exactly :func:`kept_count` entries, with the straight-through estimator.
 
     The backward pass treats the mask as the identity of ``|S|``, so autograd yields
-    ``dL/dS = sign(S) * dL/dM``; for ``W_eff = W * M`` that is ``sign(S) * dL/dW_eff * W`` (spec §3.2).
+    ``dL/dS = sign(S) * dL/dM``; for ``W_eff = W * M`` that is ``sign(S) * dL/dW_eff * W``.
 
     Args:
         scores: Real-valued score tensor of any shape.

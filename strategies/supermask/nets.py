@@ -1,4 +1,4 @@
-"""Masked backbones for the supermask family: MLP, small CNN and GEMResNet18 (spec ``supermasks.md`` §10).
+"""Masked backbones for the supermask family: MLP, small CNN and GEMResNet18 (docs/methods/supermask.md).
 
 Every weight layer is a bias-free :class:`MaskedLinear` / :class:`MaskedConv2d` and every normalisation a per-task
 non-affine :class:`TaskBatchNorm`. Layer densities and seeds are set by the strategy (:meth:`configure_masks`)

@@ -36,7 +36,7 @@ def _gaussians() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def test_analytic_kl_matches_monte_carlo() -> None:
-    """Spec 13.1: analytic KL within 1 % of a 1e5-sample Monte Carlo estimate of E_q[log q - log p]."""
+    """Analytic KL within 1 % of a 1e5-sample Monte Carlo estimate of E_q[log q - log p]."""
     mu_q, sigma_q, mu_p, sigma_p = _gaussians()
     gen = torch.Generator().manual_seed(0)
     theta = mu_q + sigma_q * torch.randn(100_000, 4, generator=gen, dtype=F64)  # (S, P)
@@ -55,7 +55,7 @@ def test_kl_matches_torch_distributions() -> None:
 
 
 def test_clean_elbo_weighs_kl_by_one_over_n() -> None:
-    """Spec 13.1: the clean loss is mean NLL + KL / N per chain, so the KL weight per example is 1/N."""
+    """The clean loss is mean NLL + KL / N per chain, so the KL weight per example is 1/N."""
     gen = torch.Generator().manual_seed(1)
     m, p = 3, 5
     mu, sigma = torch.randn(m, p, generator=gen), torch.rand(m, p, generator=gen) + 0.1
@@ -98,7 +98,7 @@ def test_multiclass_nll_is_cross_entropy() -> None:
 
 
 def test_w2_closed_form_symmetric_and_zero() -> None:
-    """Spec 13.2: W2(N(0, 1), N(3, 4)) = sqrt(9 + 1) = sqrt(10); symmetric; 0 for identical inputs."""
+    """W2(N(0, 1), N(3, 4)) = sqrt(9 + 1) = sqrt(10); symmetric; 0 for identical inputs."""
     one = torch.ones(1, dtype=F64)
     w = w2_diag_gaussians(0 * one, one, 3 * one, 2 * one)
     assert float(w) == pytest.approx(math.sqrt(3**2 + (2 - 1) ** 2))
@@ -127,7 +127,7 @@ def test_unknown_model_size_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("out", [1, 3])
 def test_flat_forward_equals_sequential(out: int) -> None:
-    """mlp_forward over (n, P) vectors equals each vector turned into nn.Linear layers; shared or per-model input."""
+    """Mlp_forward over (n, P) vectors equals each vector turned into nn.Linear layers; shared or per-model input."""
     gen = torch.Generator().manual_seed(5)
     sizes = layer_sizes(10, (6, 4), out)
     net = BayesMLP(sizes, chains=3, generator=gen)

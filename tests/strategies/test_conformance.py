@@ -1,4 +1,4 @@
-"""The conformance battery: every strategy in ``strategies.STRATEGIES``, in every setting it supports, on toy streams."""
+"""The conformance battery: every strategy in ``strategies.STRATEGIES``, in every setting it supports."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ def _point(value: float, p: int = 4, sigma: float = 0.5) -> tuple[torch.Tensor, 
 
 
 def test_pruning_discards_near_posterior_and_reuses_substitute_as_prior() -> None:
-    """Spec 13.3: within d the second posterior is discarded, its slot points to the first, which is the next prior."""
+    """Within d the second posterior is discarded, its slot points to the first, which is the next prior."""
     kb = KnowledgeBase()
     (a, sa), (b, sb) = _point(0.0), _point(5.0)
     kb.update(torch.stack([a, b]), torch.stack([sa, sb]), d=0.1)
@@ -88,7 +88,7 @@ def test_knowledge_base_state_round_trip() -> None:
 
 
 def test_combination_weights_convex_with_shared_substitutes() -> None:
-    """Spec 13.4: beta >= 0 and sum 1 for random preferences; substitutes accumulate their slots' weights."""
+    """Beta >= 0 and sum 1 for random preferences; substitutes accumulate their slots' weights."""
     slots = [[0, 1, 2], [0, 3, 1], [4, 4, 2]]
     for stage in range(3):
         for w in preferences(stage, 20, seed=3):
@@ -129,7 +129,7 @@ def test_moment_average_is_linear_in_mean_and_std() -> None:
 
 @pytest.mark.parametrize("alpha", [0.01, 0.1, 0.25])
 def test_hdr_box_holds_one_minus_alpha_per_coordinate(alpha: float) -> None:
-    """Spec 13.5: each coordinate's interval contains 1 - alpha of Gaussian samples (tolerance 0.5 %)."""
+    """Each coordinate's interval contains 1 - alpha of Gaussian samples (tolerance 0.5 %)."""
     gen = torch.Generator().manual_seed(11)
     mu, sigma = torch.randn(8, generator=gen, dtype=F64), torch.rand(8, generator=gen, dtype=F64) + 0.2
     lo, hi = hdr_box(mu, sigma, alpha)
@@ -140,7 +140,7 @@ def test_hdr_box_holds_one_minus_alpha_per_coordinate(alpha: float) -> None:
 
 @pytest.mark.parametrize("alpha", [0.1, 0.25])
 def test_mixture_hdr_acceptance_is_one_minus_alpha(alpha: float) -> None:
-    """Spec 13.5: rejection into {log q >= tau_alpha} accepts about 1 - alpha of mixture draws."""
+    """Rejection into {log q >= tau_alpha} accepts about 1 - alpha of mixture draws."""
     gen = torch.Generator().manual_seed(12)
     beta = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
     mus, sigmas = torch.randn(3, 6, generator=gen, dtype=F64) * 2, torch.rand(3, 6, generator=gen, dtype=F64) + 0.3
@@ -162,7 +162,7 @@ def test_mixture_log_prob_matches_torch_distributions() -> None:
 
 
 def test_alpha_convention_mapping_and_z_values() -> None:
-    """Spec 13.6: code alpha 0.99 (interval mass) <-> paper alpha 0.01; z per spec section 6.3."""
+    """Code alpha 0.99 (interval mass) <-> paper alpha 0.01."""
     assert paper_alpha(0.99, "code") == pytest.approx(0.01)
     assert paper_alpha(0.01, "paper") == 0.01
     assert [paper_alpha(a, "code") for a in (0.75, 0.9, 0.99)] == pytest.approx([0.25, 0.10, 0.01])
@@ -172,7 +172,7 @@ def test_alpha_convention_mapping_and_z_values() -> None:
 
 
 def test_box_sampling_per_coordinate_and_per_tensor() -> None:
-    """Spec 13.6: clean sampling draws a distinct u per coordinate; faithful one u per parameter tensor."""
+    """Clean sampling draws a distinct u per coordinate; faithful one u per parameter tensor."""
     sizes = (5, 3, 1)
     segments = segment_lengths(sizes)  # [15, 3, 3, 1]
     lo, hi = torch.zeros(22, dtype=F64), torch.linspace(1, 2, 22, dtype=F64)
@@ -217,7 +217,7 @@ def test_preference_weighted_accuracy_by_hand() -> None:
 
 
 def test_bt_ibcl_telescopes_and_standard_bwt_by_hand() -> None:
-    """Spec 13.7: bt_ibcl = (A[i] - A[0]) / i; standard BWT = mean_{l < T-1} (R[T-1, l] - R[l, l])."""
+    """Bt_ibcl = (A[i] - A[0]) / i; standard BWT = mean_{l < T-1} (R[T-1, l] - R[l, l])."""
     a = torch.tensor([0.9, 0.7, 0.8, 0.6])
     assert bt_ibcl(a) == pytest.approx((0.6 - 0.9) / 3)
     assert bt_ibcl(a[:1]) == 0.0

@@ -1,4 +1,4 @@
-"""Behaviour of the CUBER reconstruction (spec gradient_projection.md §6, §10 item 6)."""
+"""Behaviour of the CUBER reconstruction (docs/methods/projection.md)."""
 
 from __future__ import annotations
 

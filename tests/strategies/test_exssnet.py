@@ -93,7 +93,7 @@ def test_old_tasks_are_bit_identical(opt: dict[str, Any]) -> None:
         for i in range(j, 3):
             assert acc[i, j] == acc[j, j], (i, j)
     for later in strategy.logits0[1:]:
-        assert torch.equal(later, strategy.logits0[0])  # §14.3: task 0's logits never change
+        assert torch.equal(later, strategy.logits0[0])  # task 0's logits never change
     for i, snapshot in enumerate(strategy.used):
         for task, tensors in snapshot.items():
             for before, after in zip(tensors, strategy.used[-1][task]):

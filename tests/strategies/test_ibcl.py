@@ -110,7 +110,7 @@ def test_same_seed_gives_the_same_generated_model(trained: tuple[IBCL, Path], co
 
 
 def test_preferences_are_saved_and_shared(trained: tuple[IBCL, Path]) -> None:
-    """Spec 13.8: each stage's preferences are the pure function of (seed, stage) every method calls."""
+    """Each stage's preferences are the pure function of (seed, stage) every method calls."""
     module = trained[0]
     for stage, result in enumerate(module.stage_results):
         assert torch.equal(torch.tensor(result["preferences"], dtype=torch.float64),

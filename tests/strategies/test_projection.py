@@ -1,4 +1,4 @@
-"""Pure-math tests of the gradient-projection family (spec gradient_projection.md §10, items 1-6), no Lightning."""
+"""Pure-math tests of the gradient-projection family, no Lightning."""
 
 from __future__ import annotations
 
@@ -208,7 +208,7 @@ def test_toy_zero_forgetting_with_disjoint_low_rank_inputs() -> None:
     assert (x2 @ w_gpm.T - y2).square().mean() < (x2 @ w.T - y2).square().mean()  # task 2 still learns
 
 
-# ------------------------------------------------------------------------------------------- TRGP (§5, item 5)
+# ------------------------------------------------------------------------------------------- TRGP
 def test_task_basis_selection_enters_memory() -> None:
     gen = _gen(10)
     d = 30
@@ -261,7 +261,7 @@ def test_scaled_weight_identity_and_orthogonal_inputs(shape: tuple[int, ...]) ->
     assert torch.allclose(scaled_weight(w, [b1, b2], q, products).reshape(5, 12), w_eff, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------- CUBER (§6, item 6)
+# ------------------------------------------------------------------------------------------- CUBER
 def _cuber_setup(gen: torch.Generator) -> tuple[Tensor, list[Tensor]]:
     """Three tasks whose inputs live in coordinate blocks 0-4, 4-8 (mixed with block 0-4) and 8-12 of R^16."""
     d, bases, mem = 16, [], empty_basis(16)

@@ -1,4 +1,4 @@
-"""Every strategy config under configs/ builds its strategy and scenario; the paper protocols carry the spec's values.
+"""Every strategy config under configs/ builds its strategy and scenario; paper protocols carry their published values.
 
 Building reads no data (scenarios load files when the stream is first used), so the protocol configs are checked
 here without CIFAR, 5-Datasets or miniImageNet on disk.
@@ -17,7 +17,7 @@ from clkit.optim import probe
 from strategies.projection.nets import ReducedResNet18
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-RESNET_SAMPLES = [10] * 9 + [50] * 4 + [100] * 7  # gradient_projection.md §3: 17 main convs + 3 shortcuts in order
+RESNET_SAMPLES = [10] * 9 + [50] * 4 + [100] * 7  # 17 main convs + 3 shortcuts in order
 
 # the protocol tables of docs/methods/projection.md: (data class, threshold, lr, lr_factor, lr_patience, lr_min, epochs, seed, passes)
 PROJECTION: dict[str, tuple[Any, ...]] = {

@@ -35,7 +35,7 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-# ----- §14.1 top-k and straight-through estimator --------------------------------------------------------------------
+# ----- top-k and straight-through estimator ---------------------------------------------------------------------------
 @pytest.mark.parametrize("n,density", [(10, 0.1), (37, 0.3), (1000, 0.05), (7, 1.0), (129, 0.5), (100, 0.02)])
 def test_topk_keeps_exact_count(n: int, density: float) -> None:
     scores = torch.randn(n, generator=_gen())
@@ -95,7 +95,7 @@ def test_erdos_renyi_density() -> None:
         layer_density((4, 3), "er", 0.1, 1.0)  # type: ignore[arg-type]
 
 
-# ----- §14.2 initialisation ------------------------------------------------------------------------------------------
+# ----- initialisation -------------------------------------------------------------------------------------------------
 def test_signed_constant_and_score_bounds() -> None:
     conv = MaskedConv2d(8, 16, 3, density=0.1, generator=_gen())
     conv.add_task(0, _gen(1))
@@ -109,7 +109,7 @@ def test_signed_constant_and_score_bounds() -> None:
     assert torch.equal(same.weight, conv.weight)  # the weight seed fixes W
 
 
-# ----- §14.4 (pure part) exclusive masks, §14.5 bit packing -----------------------------------------------------------
+# ----- exclusive masks, bit packing -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (13, 5), (4, 3, 3, 3)])
 def test_pack_bits_round_trip(shape: tuple[int, ...]) -> None:
     mask = torch.rand(shape, generator=_gen()) < 0.4
@@ -157,7 +157,7 @@ def test_mask_init_from_bits_reproduces_source_mask() -> None:
     torch.testing.assert_close(scores_from_sources([init, 3 * init]), 2 * init)
 
 
-# ----- §14.6 KNN probe and source choice -----------------------------------------------------------------------------
+# ----- KNN probe and source choice ------------------------------------------------------------------------------------
 def _blobs(separation: float, n: int = 300, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     g = _gen(seed)
     labels = torch.randint(0, 3, (n,), generator=g)
@@ -209,7 +209,7 @@ def test_subset_indices_seeded() -> None:
         subset_indices(10, 0.0, _gen())
 
 
-# ----- layers: caching, freezing, superposition, CL memory -----------------------------------------------------------
+# ----- layers: caching, freezing, superposition, CL memory ------------------------------------------------------------
 def _net(density: float = 0.2) -> SupSup:
     """A bound SupSup whose masked MLP is 6 -> 8 (task BatchNorm) -> 3 classes."""
     net = SupSup(backbone=MaskedMLP(hidden=[8]), density=density, seed=7)

@@ -61,7 +61,7 @@ def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
         for i in range(j, 3):
             assert acc[i, j] == acc[j, j], (i, j)  # exactly: masks, weights and BN of task j never change
     assert acc.diagonal().mean() > 0.8  # the masks did learn the tasks
-    assert strategy.extra_results(acc)["max_forgetting"] == 0.0  # spec §11: exactly zero
+    assert strategy.extra_results(acc)["max_forgetting"] == 0.0  # exactly zero
 
     reference = SupSup(optimizer=adam(0.05, 1e-4), density=0.3)
     reference.bind(stream.spec)

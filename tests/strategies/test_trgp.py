@@ -1,4 +1,4 @@
-"""Behaviour of the TRGP strategy (spec gradient_projection.md §5, §10 item 5)."""
+"""Behaviour of the TRGP strategy on toy streams."""
 
 from __future__ import annotations
 
