@@ -1,4 +1,4 @@
-"""CUBER, reconstructed on top of TRGP (spec ``gradient_projection.md`` §6; no official code is public)."""
+"""CUBER, reconstructed on top of TRGP (docs/methods/projection.md; no official code is public)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class CUBER(TRGP):
     2022, characterise per layer the correlation between a new task and each old task and, when the new task's
     gradient lies largely in an old task's input subspace *and* correlates positively with that task's gradient,
     let the new task modify the old task's model. The exact rule is not public; this class is clkit's own design
-    (spec §6.2-6.6), labelled "CUBER (clkit reconstruction)" in every result:
+ labelled "CUBER (clkit reconstruction)" in every result (docs/methods/projection.md):
 
     - At the end of each task ``j`` the weight gradient ``G_j^l`` of its loss is stored (eval mode, its scales
       active, the representation samples).
@@ -68,6 +68,7 @@ class CUBER(TRGP):
     """
 
     LABEL = "CUBER (clkit reconstruction)"
+    PROJECTS_UPDATES = False  # the guard is a sign test on the gradient step: plain SGD only
 
     def __init__(self, *, eps_corr: float = 0.0, guard: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -79,9 +80,9 @@ class CUBER(TRGP):
         self.register_memory("guard_counts", [])  # [task][layer]: [steps kept, steps with a release]
         self._release: list[_Release | None] = []
 
-    # -- regimes ---------------------------------------------------------------------------------------------------
+    # -- regimes -------------------------------------------------------------------------------------------------------
     def select_regimes(self, grads: list[Tensor | None]) -> list[list[int]]:
-        """Regimes (i)-(iii) per layer (spec §6.3); returns the regime-(ii) tasks and prepares the releases."""
+        """Regimes (i)-(iii) per layer; returns the regime-(ii) tasks and prepares the releases."""
         layers = self.projected_layers()
         self._release = [None] * len(layers)
         out: list[list[int]] = []
@@ -117,7 +118,7 @@ class CUBER(TRGP):
         self.guard_counts = self.guard_counts[: experience.index]
         self.guard_counts.append([[0, 0] for _ in self._release])
 
-    # -- per-step update -------------------------------------------------------------------------------------------
+    # -- per-step update -----------------------------------------------------------------------------------------------
     def transform_gradients(self) -> None:
         counts = self.guard_counts[-1] if self.guard_counts else []
         for l, (ref, (factor, complement)) in enumerate(zip(self.projected_layers(), self._projectors)):
@@ -134,9 +135,9 @@ class CUBER(TRGP):
             counts[l][1] += 1
         self._zero_frozen_grads()
 
-    # -- end of a task ---------------------------------------------------------------------------------------------
+    # -- end of a task -------------------------------------------------------------------------------------------------
     def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
-        """TRGP's update, then the stored gradient ``G_j`` of the finished task (spec §6.2)."""
+        """TRGP's update, then the stored gradient ``G_j`` of the finished task."""
         super().update_memory(experience, rows, reps)
         self._release = []
         weights = [ref.weight for ref in self.projected_layers()]
@@ -144,7 +145,7 @@ class CUBER(TRGP):
         self.task_grads.append([torch.zeros_like(w) if g is None else g.detach().float().clone()
                                 for w, g in zip(weights, grads)])
 
-    # -- results -------------------------------------------------------------------------------------------------
+    # -- results -------------------------------------------------------------------------------------------------------
     def extra_results(self, accuracy_matrix: Tensor) -> dict[str, Any]:
         fractions = [[None if total == 0 else kept / total for kept, total in task] for task in self.guard_counts]
         return {**super().extra_results(accuracy_matrix), "released": self.released, "guard_keep_fraction": fractions,

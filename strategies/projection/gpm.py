@@ -50,8 +50,9 @@ class GPM(ContinualModule):
     classes can only keep old inputs' logits fixed, so new-class logits on old inputs stay at their untrained values
     and the method gives no meaningful class-IL behaviour.
 
-    Protocol details: BatchNorm affine parameters train on the first experience only; the optimizer is plain SGD with
-    weight decay 0 (Adam or decay would break orthogonality: refused); optional early stopping with LR decay on the
+    Protocol details: BatchNorm affine parameters train on the first experience only; the protocols' optimizer is plain
+    SGD with weight decay 0 (any other optimizer works too: its steps are projected like the gradients, since Adam's
+    per-coordinate scaling or weight decay would leave the protected span); optional early stopping with LR decay on the
     validation loss (``lr_patience``), restoring the best state before the basis update. The protocol nets normalise
     with test-batch statistics, so their configs average several evaluation passes (``test_passes``: 10 on CIFAR-100,
     5 on 5-Datasets/MiniImageNet, 1 on PMNIST).
@@ -68,12 +69,12 @@ class GPM(ContinualModule):
         lr_min: Training of an experience stops once the LR falls below this.
         faithful: Reproduce the official code's basis rules (first-task rank one fewer, float32 bases concatenated
             without re-orthonormalisation; ``docs/methods/projection.md``).
-        **kwargs: :class:`clkit.ContinualModule` arguments. ``optimizer`` must be SGD with weight decay 0 (default
-            SGD lr 0.01); ``backbone`` defaults to a bias-free MLP 100-100 (a bias-free CNN for images >= 16 px).
+        **kwargs: :class:`clkit.ContinualModule` arguments (default optimizer SGD lr 0.01); ``backbone`` defaults to a bias-free MLP 100-100 (a bias-free CNN for images >= 16 px).
     """
 
     SUPPORTED_SCENARIOS = frozenset({"task-il", "domain-il"})
     HEAD_BIAS = False
+    PROJECTS_UPDATES = True  # other optimizers than plain SGD: project each step's update as well
 
     def __init__(self, *, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,
                  rep_samples: int = 300, layer_samples: list[int] | None = None,
@@ -82,12 +83,12 @@ class GPM(ContinualModule):
         super().__init__(**kwargs)
         name = type(self).__name__
         optimizer = probe(self.optimizer_factory)
-        if type(optimizer) is not torch.optim.SGD:
-            raise ConfigError(f"{name} needs optimizer torch.optim.SGD, got {type(optimizer).__name__}: element-wise "
-                              "preconditioning (Adam and friends) breaks the orthogonality of the projected update")
-        if any(float(g.get("weight_decay", 0.0)) != 0.0 for g in optimizer.param_groups):
-            raise ConfigError(f"{name} needs the optimizer's weight_decay=0, got "
-                              f"{optimizer.param_groups[0]['weight_decay']}: decay adds an unprojected lambda*W")
+        plain_sgd = type(optimizer) is torch.optim.SGD and all(float(g.get("weight_decay", 0.0)) == 0.0
+                                                                for g in optimizer.param_groups)
+        if not plain_sgd and not self.PROJECTS_UPDATES:
+            raise ConfigError(f"{name} needs optimizer torch.optim.SGD with weight_decay=0, got "
+                              f"{type(optimizer).__name__} {optimizer.defaults}: its guard is defined on gradients")
+        self.project_updates = not plain_sgd  # Adam's scaling or weight decay would leave span(M)^perp: project the step
         thresholds = [threshold] if isinstance(threshold, (int, float)) else list(threshold)
         if not thresholds or not all(0.0 < float(e) <= 1.0 for e in thresholds) or threshold_step < 0:
             raise ConfigError(f"threshold must be in (0, 1] and threshold_step >= 0, got {threshold} and "
@@ -111,7 +112,7 @@ class GPM(ContinualModule):
         self._plateau: PlateauDecay | None = None
         self._val_loss: list[float] = [0.0, 0.0]  # (sum, count) of the running validation epoch
 
-    # -- network ----------------------------------------------------------------------------------------------------
+    # -- network -------------------------------------------------------------------------------------------------------
     def build_backbone(self, input_shape: Sequence[int]) -> nn.Module:
         if len(input_shape) == 3 and min(input_shape[1:]) >= 16:
             return SmallCNN(bias=False)
@@ -155,13 +156,13 @@ class GPM(ContinualModule):
         heads = [self.heads[self.active_task]] if self.multi_head else list(self.heads)
         return [*self.backbone.parameters(), *(p for h in heads for p in h.parameters())]
 
-    # -- experience hooks -------------------------------------------------------------------------------------------
+    # -- experience hooks ----------------------------------------------------------------------------------------------
     def on_experience_start(self, experience: Experience) -> None:
         self.active_task = experience.index
         frozen = self.active_task > 0 and self.freezes_bn
         for p in self._bn_parameters():
             p.requires_grad_(not frozen)
-        self._projectors = []  # per layer: M or its complement, whichever is cheaper (spec §4.5)
+        self._projectors = []  # per layer: M or its complement, whichever is cheaper
         for basis, ref in zip(self.bases, self.projected_layers()):
             # faithful bases drift from orthonormal, where the complement and G - (G M) M^T differ: official formula
             factor, complement = (basis, False) if self.faithful else projection_factor(basis)
@@ -175,6 +176,19 @@ class GPM(ContinualModule):
             if grad is not None and (complement or factor.shape[1] > 0):
                 grad.copy_(project_with_factor(grad, factor, complement))
         self._zero_frozen_grads()
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        """Plain SGD steps along the projected gradient. Any other optimizer (Adam's per-coordinate scaling, weight
+        decay) may leave ``span(M)^perp``, so its step ``W_new - W_old`` is projected too, like a gradient."""
+        if not self.project_updates or self.active_task == 0:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+            return
+        layers = [(ref, f, c) for ref, (f, c) in zip(self.projected_layers(), self._projectors) if c or f.shape[1] > 0]
+        before = [ref.weight.detach().clone() for ref, _, _ in layers]
+        super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        with torch.no_grad():
+            for (ref, factor, complement), old in zip(layers, before):
+                ref.weight.copy_(old + project_with_factor(ref.weight - old, factor, complement))
 
     def _zero_frozen_grads(self) -> None:
         if self.active_task > 0 and self.freezes_bn:
@@ -213,12 +227,12 @@ class GPM(ContinualModule):
         """Keep what the trained experience ``task`` needs at test time (TRGP: its scale matrices)."""
 
     def update_memory(self, experience: Experience, rows: Tensor, reps: list[Tensor]) -> None:
-        """GPM basis update of every layer (spec §4.3) from the representations ``reps`` of ``experience``."""
+        """GPM basis update of every layer from the representations ``reps`` of ``experience``."""
         eps = self.thresholds(experience.index)
         self.bases = [update_basis(b, r.to(b.device), e, faithful=self.faithful)
                       for b, r, e in zip(self.bases, reps, eps)]
 
-    # -- early stopping with LR decay (spec §2) ----------------------------------------------------------------------
+    # -- early stopping with LR decay ----------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self._val_loss = [0.0, 0.0]
 
