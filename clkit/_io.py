@@ -30,7 +30,10 @@ def replace_atomic(write: Callable[[Path], None], path: Path) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` atomically."""
-    replace_atomic(lambda tmp: tmp.write_text(text), path)
+    def write(tmp: Path) -> None:
+        tmp.write_text(text)
+
+    replace_atomic(write, path)
 
 
 def save_torch_atomic(path: Path, obj: Any) -> None:

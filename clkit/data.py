@@ -291,7 +291,7 @@ class ContinualDataModule(pl.LightningDataModule):
         return tuple(self.experiences[0].train.x.shape[1:])
 
     @property
-    def name(self) -> str:
+    def name(self) -> str:  # type: ignore[override]  # (LightningDataModule's writable ``name``: the class name here)
         return type(self).__name__
 
     @property

@@ -37,6 +37,8 @@ class AccuracyMatrix(torchmetrics.Metric):
 
     higher_is_better = True
     full_state_update = False
+    correct: Tensor  # (rows, T) states, registered by add_state
+    total: Tensor
 
     def __init__(self, num_experiences: int, num_rows: int | None = None) -> None:
         super().__init__()

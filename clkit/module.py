@@ -74,8 +74,10 @@ class ContinualModule(pl.LightningModule):
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     HEAD_BIAS: ClassVar[bool] = True
     LABEL: ClassVar[Optional[str]] = None  # name in results and tables; default: the class name
+    backbone: Optional[nn.Module]
+    experiences_done: int  # CL memory: experiences learned (a strategy trains on one stream only)
 
-    def __init__(self, *, backbone: Optional[nn.Module] = None, optimizer: OptimizerCallable = SGD,
+    def __init__(self, *, backbone: Optional[nn.Module] = None, optimizer: OptimizerCallable = SGD,  # type: ignore[assignment]
                  lr_scheduler: Optional[LRSchedulerCallable] = None, seed: Optional[int] = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
@@ -15,7 +16,7 @@ from clkit.module import ContinualModule
 
 __all__ = ["EWC", "diagonal_fisher", "ewc_penalty"]
 
-Params = dict[str, Tensor]
+Params = Mapping[str, Tensor]
 
 
 def ewc_penalty(params: Params, fisher: Params, anchor: Params) -> Tensor:
@@ -35,7 +36,7 @@ def diagonal_fisher(module: ContinualModule, experience: Experience, max_samples
     task = torch.tensor([experience.task_id], device=module.device)
 
     def loss_one(p: Params, x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(module, (p, buffers), (x.unsqueeze(0), task))  # (1, C)
+        logits = functional_call(module, (dict(p), buffers), (x.unsqueeze(0), task))  # (1, C)
         return F.cross_entropy(logits, y.unsqueeze(0))
 
     per_sample_grads = vmap(grad(loss_one), in_dims=(None, 0, 0))
@@ -68,6 +69,9 @@ class EWC(ContinualModule):
         fisher_samples: Training samples used to estimate the Fisher.
         **kwargs: :class:`clkit.ContinualModule` arguments (``backbone``, ``optimizer``, ``lr_scheduler``, ``seed``).
     """
+
+    fishers: list[Params]  # CL memory
+    anchors: list[Params]
 
     def __init__(self, *, ewc_lambda: float = 100.0, mode: Literal["separate", "online"] = "separate",
                  decay: float = 1.0, fisher_samples: int = 1024, **kwargs: Any) -> None:

@@ -24,6 +24,9 @@ class Joint(ContinualModule):
         **kwargs: :class:`clkit.ContinualModule` arguments (``backbone``, ``optimizer``, ``lr_scheduler``, ``seed``).
     """
 
+    past_train: list[list[Tensor]]  # CL memory
+    past_val: list[list[Tensor]]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.register_memory("past_train", [])  # per past experience: [x, y, t]

@@ -77,6 +77,8 @@ class IBCL(ContinualModule):
     report_theta: Tensor  # (P,) the model that fills the accuracy matrix
     prior_mu: Tensor  # (m, P) the chains' priors for the current experience
     prior_sigma: Tensor  # (m, P)
+    stage_results: list[dict[str, Any]]  # CL memory
+    val_sets: list[list[Tensor]]
 
     def __init__(self, *, prior_stds: Sequence[float] = (0.2, 0.25, 0.3),
                  model_size: Literal["small", "normal", "large"] = "small", hidden: Optional[list[int]] = None,
@@ -91,7 +93,8 @@ class IBCL(ContinualModule):
                  selection: Optional[Literal["validation", "test_oracle"]] = None,
                  preference_kind: Optional[Literal["dirichlet", "normalized_uniform"]] = None,
                  eval_drop_last: Optional[bool] = None,
-                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3), **kwargs: Any) -> None:
+                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3),  # type: ignore[assignment]
+                 **kwargs: Any) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
         if not prior_stds or min(prior_stds) <= 0:
             raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")

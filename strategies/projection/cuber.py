@@ -68,6 +68,9 @@ class CUBER(TRGP):
     """
 
     LABEL = "CUBER (clkit reconstruction)"
+    task_grads: list[list[Tensor]]  # CL memory
+    released: list[list[list[int]]]
+    guard_counts: list[list[list[int]]]
     PROJECTS_UPDATES = False  # the guard is a sign test on the gradient step: plain SGD only
 
     def __init__(self, *, eps_corr: float = 0.0, guard: bool = True, **kwargs: Any) -> None:
@@ -102,9 +105,9 @@ class CUBER(TRGP):
                 if u_rel.shape[1] == 0:
                     scaled, released = scaled + released, []
                 else:
-                    dev = {"device": ref.weight.device, "dtype": ref.weight.dtype}
-                    self._release[l] = _Release(released, self.bases[l].to(**dev), u_rel.to(**dev),
-                                                [self.task_grads[j][l].to(**dev) for j in released])
+                    w = ref.weight
+                    self._release[l] = _Release(released, self.bases[l].to(w), u_rel.to(w),
+                                                [self.task_grads[j][l].to(w) for j in released])
             log.info("%s layer %s: regime (ii) %s, regime (iii) %s, correlations %s", type(self).__name__, ref.name,
                      scaled, released, [round(c, 3) for c in corrs])
             out.append(scaled if self.scalable(ref) else [])

@@ -74,6 +74,7 @@ class GPM(ContinualModule):
 
     SUPPORTED_SCENARIOS = frozenset({"task-il", "domain-il"})
     HEAD_BIAS = False
+    bases: list[Tensor]  # CL memory
     PROJECTS_UPDATES = True  # other optimizers than plain SGD: project each step's update as well
 
     def __init__(self, *, threshold: float | list[float] = 0.97, threshold_step: float = 0.0,

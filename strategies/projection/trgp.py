@@ -72,6 +72,10 @@ class TRGP(GPM):
             (the official top-2 order is arbitrary, which does not change the scaled projection).
     """
 
+    task_bases: list[list[Tensor]]  # CL memory
+    task_selection: list[list[list[int]]]
+    task_scales: list[list[list[Tensor]]]
+
     def __init__(self, *, eps_proj: float = 0.5, top_k: int = 2, trust_samples: int = 125, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= eps_proj < 1.0 or top_k < 1 or trust_samples < 1:
@@ -149,7 +153,7 @@ class TRGP(GPM):
             selection = self.selection
             scales = [[self.scales[f"{l}_{s}"] for s in sel] for l, sel in enumerate(selection)]
             if not self.faithful:  # W B_s is constant while W trains in span(M)^perp (see scaled_weight)
-                products = self._live_products
+                products = list(self._live_products)
         elif task < len(self.task_scales):
             selection, scales = self.task_selection[task], self.task_scales[task]
         else:

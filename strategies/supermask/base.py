@@ -51,10 +51,13 @@ class SupermaskModule(ContinualModule):
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task-il"})
     KEEP_SCORES: KeepScores = "bits"
+    learned: list[int]  # CL memory
+    task_id_hits: dict[int, list[int]]
 
     def __init__(self, *, density: float = 0.1, density_mode: DensityMode = "uniform", er_scale: float = 1.0,
                  task_inference: TaskInference = "none", bn_infer: BnInfer = "batch", faithful: bool = False,
-                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3), **kwargs: Any) -> None:
+                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3),  # type: ignore[assignment]
+                 **kwargs: Any) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
         _check_choice("density_mode", density_mode, ("uniform", "erdos_renyi"))
         _check_choice("task_inference", task_inference, ("none", "oneshot", "binary", "exhaustive"))

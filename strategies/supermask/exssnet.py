@@ -102,6 +102,10 @@ class ExSSNeT(SupermaskModule):
             cosine schedule).
     """
 
+    kkt_log: list[dict[str, Any]]  # CL memory
+    best_log: dict[int, dict[str, float]]
+    pending: list[Any]
+
     def __init__(self, *, mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-3,
                  sim_init: SimInit = "none", knn_k: int = 200, data_fraction: float = 0.2,
                  keep_scores: Optional[KeepScores] = None, exclusive: bool = True,

@@ -31,7 +31,7 @@ class SupSup(SupermaskModule):
             ``er_scale``, ``task_inference``, ``bn_infer``, ``faithful``) and :class:`clkit.ContinualModule` ones.
     """
 
-    def __init__(self, *, optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3, weight_decay=1e-4),
+    def __init__(self, *, optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-3, weight_decay=1e-4),  # type: ignore[assignment]
                  **kwargs: Any) -> None:
         super().__init__(optimizer=optimizer, **kwargs)
 
