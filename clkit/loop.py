@@ -15,6 +15,7 @@ import math
 import re
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ from clkit._io import save_torch_atomic
 from clkit.data import ContinualDataModule, StreamSpec, TensorData
 from clkit.errors import ConfigError
 from clkit.metrics import AccuracyCounts, stream_metrics
-from clkit.module import ContinualModule
+from clkit.module import ContinualModule, _restricted_argmax
 from clkit.results import StreamResult
 from clkit.rng import derive_seed, forked_rng
 
@@ -93,7 +94,8 @@ class StreamRun:
             raise ConfigError(f"test_passes must be >= 1, got {self.test_passes}")
         self._test: Optional[AccuracyCounts] = None
         self._val: Optional[AccuracyCounts] = None
-        self._init: Optional[AccuracyCounts] = None  # row 0: test splits, row 1: validation splits
+        self._aware: Optional[AccuracyCounts] = None  # class-IL: test predictions restricted to each experience's classes
+        self._init: Optional[AccuracyCounts] = None  # rows: test splits, validation splits, task-aware test splits
         self.spec: Optional[StreamSpec] = None
 
     @property
@@ -115,7 +117,8 @@ class StreamRun:
                               "for each run (resuming goes through run_dir and resume=True)")
         strategy.bind(spec)
         t = spec.n_experiences
-        self._test, self._val, self._init = AccuracyCounts(t, t), AccuracyCounts(t, t), AccuracyCounts(2, t)
+        self._test, self._val, self._init = AccuracyCounts(t, t), AccuracyCounts(t, t), AccuracyCounts(3, t)
+        self._aware = AccuracyCounts(t, t) if spec.setting == "class-il" else None
         first = self._resume() if resume else 0
         if hasattr(self.logger, "keep_history"):
             self.logger.keep_history(first)  # rows of the experiences already done survive a resume
@@ -167,34 +170,50 @@ class StreamRun:
         precision.convert_module(strategy)
         was_training = strategy.training
         strategy.eval()
-        test, val = (self._init, self._init) if row < 0 else (self._test, self._val)
-        test_row, val_row = (0, 1) if row < 0 else (row, row)
-        test.reset_row(test_row)
+        test, val, aware = (self._init, self._init, self._aware and self._init) if row < 0 else \
+            (self._test, self._val, self._aware)
+        test_row, val_row, aware_row = (0, 1, 2) if row < 0 else (row, row, row)
+        for counts, r in ((test, test_row), (val, val_row), (aware, aware_row)):
+            if counts is not None:
+                counts.reset_row(r)
         exps = self.stream.experiences
         strategy.on_evaluation_start("test", row)
         for p in range(self.test_passes):
             for j, exp in enumerate(exps):
-                test.add(test_row, j, *self._count(exp.test, precision, seed=p))
+                classes = torch.tensor(exp.classes) if aware is not None else None
+                correct, total, correct_aware = self._count(exp.test, precision, seed=p, classes=classes)
+                test.add(test_row, j, correct, total)
+                if aware is not None:
+                    aware.add(aware_row, j, correct_aware, total)
         strategy.on_evaluation_end("test", row, [e.test for e in exps[: row + 1]])
-        val.reset_row(val_row)
         strategy.on_evaluation_start("val", row)
         for j, exp in enumerate(exps):
             if exp.val is not None:
-                val.add(val_row, j, *self._count(exp.val, precision, seed=0))
+                val.add(val_row, j, *self._count(exp.val, precision, seed=0)[:2])
         strategy.on_evaluation_end("val", row, [e.val for e in exps[: row + 1] if e.val is not None])
         strategy.train(was_training)
 
-    def _count(self, data: TensorData, precision: Any, seed: int) -> tuple[int, int]:
-        """Correct and total predictions of the strategy on ``data``, in the stream's shuffled eval batches."""
+    def _count(self, data: TensorData, precision: Any, seed: int,
+               classes: Optional[Tensor] = None) -> tuple[int, int, int]:
+        """Correct and total predictions of the strategy on ``data``, in the stream's shuffled eval batches, and with
+        ``classes``, the correct predictions restricted to them (task-aware class-IL accuracy)."""
         strategy, device = self.strategy, self.strategy.device
-        correct = total = 0
+        plain = type(strategy).predict is ContinualModule.predict and \
+            type(strategy).predict_within is ContinualModule.predict_within  # one forward pass gives both
+        correct = total = correct_aware = 0
         with torch.no_grad(), precision.forward_context():
             for x, y, t in self.stream.eval_loader(data, seed=seed):
-                x = precision.convert_input(x.to(device, non_blocking=True))
-                preds = strategy.predict(x, t.to(device))
+                x, t = precision.convert_input(x.to(device, non_blocking=True)), t.to(device)
+                if classes is not None and plain:
+                    logits = strategy(x, t)
+                    preds, aware = logits.argmax(-1), _restricted_argmax(logits, classes)
+                else:
+                    preds = strategy.predict(x, t)
+                    aware = strategy.predict_within(x, t, classes) if classes is not None else preds
                 correct += int((preds.to(y.device) == y).sum())
+                correct_aware += int((aware.to(y.device) == y).sum())
                 total += int(y.numel())
-        return correct, total
+        return correct, total, correct_aware
 
     # -- results --------------------------------------------------------------------------------------------------
     @property
@@ -215,15 +234,22 @@ class StreamRun:
         return self._init.accuracy()[0]
 
     @property
+    def task_aware_accuracy_matrix(self) -> Optional[Tensor]:
+        """Class-IL only: the test matrix with every prediction restricted to its experience's classes."""
+        return None if self._aware is None else self._aware.accuracy()
+
+    @property
     def val_random_init_accuracy(self) -> Optional[Tensor]:
         assert self._init is not None, "run() first"
         return None if self.val_accuracy_matrix is None else self._init.accuracy()[1]
 
     def result(self) -> StreamResult:
         assert self.spec is not None, "run() first"
+        assert self._init is not None
         return StreamResult(self.strategy, self.spec, self.accuracy_matrix, self.val_accuracy_matrix,
                             self.random_init_accuracy, list(self.per_experience), self.wall_seconds,
-                            self.test_passes, self.val_random_init_accuracy)
+                            self.test_passes, self.val_random_init_accuracy, self.task_aware_accuracy_matrix,
+                            None if self._aware is None else self._init.accuracy()[2], dict(self.environment))
 
     def _announce(self, i: int, seconds: float) -> None:
         row = self.accuracy_matrix[i]
@@ -252,8 +278,9 @@ class StreamRun:
         ckpt: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT, "experience": i, "state_dict": self.strategy.state_dict(),
             "memory": self.strategy.memory_state(), "strategy": self.strategy.describe(),
-            "spec": self.spec.to_dict(), "matrices": {"test": self._test.state(), "val": self._val.state(),
-                                                      "init": self._init.state()},
+            "spec": self.spec.to_dict(), "environment": self.environment,
+            "matrices": {"test": self._test.state(), "val": self._val.state(), "init": self._init.state(),
+                         **({"task_aware": self._aware.state()} if self._aware is not None else {})},
             "per_experience": self.per_experience, "wall_seconds": self.wall_seconds, "about": self.about,
         }
         save_torch_atomic(self.checkpoint_dir / f"exp{i}.pt", ckpt)
@@ -279,9 +306,27 @@ class StreamRun:
         self._test.load(ckpt["matrices"]["test"])
         self._val.load(ckpt["matrices"]["val"])
         self._init.load(ckpt["matrices"]["init"])
+        if self._aware is not None:
+            self._aware.load(ckpt["matrices"]["task_aware"])
+        self._warn_if_environment_changed(ckpt.get("environment", {}), path)
         self.per_experience = list(ckpt["per_experience"])
         self.wall_seconds = float(ckpt["wall_seconds"])
         return int(ckpt["experience"]) + 1
+
+
+    @property
+    def environment(self) -> dict[str, Any]:
+        """What the numbers may depend on besides the config: torch version and threads, the device."""
+        return {"torch": str(torch.__version__), "torch_threads": torch.get_num_threads(),
+                "device": str(self.strategy.device), "lightning": pl.__version__}
+
+    def _warn_if_environment_changed(self, saved: dict[str, Any], path: Path) -> None:
+        now = self.environment
+        changed = {k: (saved[k], now[k]) for k in ("torch", "torch_threads") if k in saved and saved[k] != now[k]}
+        if changed:
+            text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
+            warnings.warn(f"resuming {path.parent.parent} with a different {text}: the remaining experiences may not "
+                          "reproduce an uninterrupted run's numbers exactly", stacklevel=2)
 
 
 def experience_checkpoints(folder: Path) -> list[Path]:

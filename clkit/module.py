@@ -230,6 +230,12 @@ class ContinualModule(pl.LightningModule):
         inference. ``t`` holds the batch's task ids; a strategy that reads them is :attr:`task_aware`."""
         return self(x, t).argmax(dim=-1)
 
+    def predict_within(self, x: Tensor, t: Tensor, classes: Tensor) -> Tensor:
+        """Predicted labels (N,) restricted to ``classes`` (the experience's labels): the task-aware accuracy of a
+        class-IL stream (FACIL's and Mammoth's "TAw"), recorded beside the task-agnostic matrix. Override together
+        with :meth:`predict` (e.g. for a nearest-mean classifier)."""
+        return _restricted_argmax(self(x, t), classes)
+
     # -- Lightning steps ------------------------------------------------------------------------------------------
     def training_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y, t = batch
@@ -426,6 +432,13 @@ class ContinualModule(pl.LightningModule):
         strategy.load_memory_state(ckpt["memory"])
         strategy.load_state_dict(ckpt["state_dict"])
         return strategy
+
+
+def _restricted_argmax(logits: Tensor, classes: Tensor) -> Tensor:
+    """Argmax of ``logits`` (N, C) over the columns ``classes`` only."""
+    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    allowed[classes.to(logits.device)] = True
+    return logits.masked_fill(~allowed, float("-inf")).argmax(dim=-1)
 
 
 def _pad(logits: Tensor, width: int) -> Tensor:

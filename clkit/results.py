@@ -27,6 +27,10 @@ RESULT_KEYS = ("clkit_version", "strategy", "scenario", "setting", "seed", "n_ex
                "strategy_state_bytes", "wall_seconds", "config")
 
 
+def _rounded(metrics: Optional[dict[str, float]]) -> Optional[dict[str, float]]:
+    return None if metrics is None else {k: round(v, 6) for k, v in metrics.items()}
+
+
 def _floats(t: Tensor) -> Any:
     def one(v: Any) -> Optional[float]:
         v = float(v)
@@ -52,6 +56,11 @@ class StreamResult:
     test_passes: int = 1
     val_random_init_accuracy: Optional[Tensor] = None
     """(T,): the untrained model on each validation split (``None`` without validation splits)."""
+    task_aware_accuracy_matrix: Optional[Tensor] = None
+    """Class-IL only, (T, T): the same run's test predictions restricted to each experience's classes ("TAw")."""
+    task_aware_random_init_accuracy: Optional[Tensor] = None
+    environment: Optional[dict[str, Any]] = None
+    """torch version and threads, device, Lightning version."""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -66,11 +75,19 @@ class StreamResult:
         return stream_metrics(self.val_accuracy_matrix, self.val_random_init_accuracy)
 
     @property
+    def task_aware_metrics(self) -> Optional[dict[str, float]]:
+        """Class-IL only: the metrics of :attr:`task_aware_accuracy_matrix`."""
+        if self.task_aware_accuracy_matrix is None or self.task_aware_random_init_accuracy is None:
+            return None
+        return stream_metrics(self.task_aware_accuracy_matrix, self.task_aware_random_init_accuracy)
+
+    @property
     def evaluation(self) -> dict[str, Any]:
         """How test batches were evaluated: whether the predictions used their task ids."""
         aware = bool(self.strategy.task_aware)
         return {"task_ids": aware, "mode": "task-aware" if aware else "task-agnostic",
-                "scenario_gives_task_ids": self.spec.task_ids_at_test, "test_passes": self.test_passes}
+                "scenario_gives_task_ids": self.spec.task_ids_at_test, "test_passes": self.test_passes,
+                "task_aware_matrix": self.task_aware_accuracy_matrix is not None}
 
     def results(self, *, seed: Optional[int] = None, config: Optional[dict[str, Any]] = None) -> dict[str, Any]:
         """The ``results.json`` content (see README, "A run's outputs")."""
@@ -98,8 +115,12 @@ def build_results(result: StreamResult, *, seed: Optional[int], config: dict[str
         "val_accuracy_matrix": None if result.val_accuracy_matrix is None else _floats(result.val_accuracy_matrix),
         "evaluation": result.evaluation,
         "random_init_accuracy": _floats(init),
-        "metrics": {k: round(v, 6) for k, v in result.metrics.items()},
-        "val_metrics": None if result.val_metrics is None else {k: round(v, 6) for k, v in result.val_metrics.items()},
+        "metrics": _rounded(result.metrics),
+        "val_metrics": _rounded(result.val_metrics),
+        "task_aware_accuracy_matrix": None if result.task_aware_accuracy_matrix is None
+        else _floats(result.task_aware_accuracy_matrix),
+        "task_aware_metrics": _rounded(result.task_aware_metrics),
+        "environment": result.environment,
         "per_experience": result.per_experience,
         "strategy_state_bytes": int(result.strategy.strategy_state_bytes()),
         "wall_seconds": round(result.wall_seconds, 3),
