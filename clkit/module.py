@@ -50,12 +50,18 @@ class ContinualModule(pl.LightningModule):
             checkpoint: state_dict + memory_state()
 
     Every experience runs under torch's global generator seeded from (``seed``, i) and restored afterwards, so a
-    run depends only on its seeds. Override points: the CL hooks :meth:`on_experience_start`,
-    :meth:`on_experience_end`, :meth:`transform_gradients`; Lightning's :meth:`training_step`; :meth:`predict`
-    (how the matrix is filled); :meth:`train_data`/:meth:`val_data`; :meth:`optimizer_parameters`;
-    :meth:`build_backbone`/:meth:`build_heads`; :meth:`trainer_overrides`; :meth:`extra_results`. CL memory (bases,
-    masks, posteriors, buffers) is declared with :meth:`register_memory`; the loop checkpoints it, moves it with the
-    module and counts it in ``strategy_state_bytes``.
+    run depends only on its seeds. Override points, most strategies need two or three:
+
+    - the CL hooks :meth:`on_experience_start`, :meth:`on_experience_end`, :meth:`transform_gradients`;
+    - Lightning's :meth:`training_step` (and, rarely, ``configure_optimizers``);
+    - data: :meth:`train_data`, :meth:`val_data`; optimisation: :meth:`optimizer_parameters`,
+      :meth:`trainer_overrides`; network: :meth:`build_backbone`, :meth:`build_heads`;
+    - evaluation: :meth:`predict` (how the matrices are filled), :meth:`predict_within` (class-IL task-aware),
+      :meth:`on_evaluation_start`/:meth:`on_evaluation_end`; results: :meth:`extra_results`.
+
+    CL memory (bases, masks, posteriors, buffers) is declared with :meth:`register_memory`; the loop checkpoints it,
+    moves it with the module and counts it in ``strategy_state_bytes``. Strategies whose memory is not a set of
+    attributes override :meth:`memory_state`/:meth:`load_memory_state`.
 
     Heads: one per task in task-IL (labels local to the task, the batch's task ids ``t`` pick the head), one shared
     head otherwise. ``backbone`` defaults to one sized from the scenario (:func:`clkit.nets.default_backbone`).
