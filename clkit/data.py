@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from clkit.errors import ConfigError, DataError
+from clkit.errors import ConfigError, DataError, check_finite
 
 __all__ = [
     "SETTINGS",
@@ -251,6 +251,8 @@ class ContinualDataModule(pl.LightningDataModule):
                  task_order: Optional[list[int]] = None, shuffle_tasks: bool = False,
                  val_split: Literal["random", "first"] = "random") -> None:
         super().__init__()
+        self.save_hyperparameters(logger=False)  # every constructor argument of the scenario's class chain
+        check_finite(type(self).__name__, self.hparams)
         if batch_size < 1 or eval_batch_size < 1:
             raise ConfigError(f"batch sizes must be >= 1, got batch_size={batch_size}, eval_batch_size={eval_batch_size}")
         if val_split not in ("random", "first"):
@@ -273,8 +275,16 @@ class ContinualDataModule(pl.LightningDataModule):
     @property
     def experiences(self) -> list[Experience]:
         if self._experiences is None:
-            self._experiences = self._reorder(self.build())
+            _check_memory(self)
+            exps = self._reorder(self.build())
+            _check_splits(self.name, exps)
+            self._experiences = exps
         return self._experiences
+
+    def estimated_bytes(self) -> Optional[int]:
+        """Roughly how much memory the materialised stream takes (``None``: unknown); checked before building, so a
+        stream far larger than the machine's memory is a one-line error instead of a swapping machine."""
+        return None
 
     def __len__(self) -> int:
         return len(self.experiences)
@@ -338,6 +348,33 @@ class ContinualDataModule(pl.LightningDataModule):
         else:
             return exps
         return [_with_position(exps[old], new) for new, old in enumerate(order)]
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with Lightning
+        return None
+
+
+def _check_memory(stream: ContinualDataModule) -> None:
+    need, have = stream.estimated_bytes(), _available_memory()
+    if need is not None and have is not None and need > 0.8 * have:
+        raise DataError(f"{stream.name} would take about {need / 2**30:.1f} GiB in memory, more than the "
+                        f"{have / 2**30:.1f} GiB available: choose fewer experiences or samples")
+
+
+def _check_splits(name: str, exps: Sequence[Experience]) -> None:
+    """Every experience needs training and test samples (and validation samples when it has a validation split)."""
+    if not exps:
+        raise DataError(f"{name} built no experiences")
+    for e in exps:
+        for split, data in (("train", e.train), ("test", e.test), ("validation", e.val)):
+            if data is not None and len(data) == 0:
+                raise DataError(f"{name}: experience {e.index} ({e.name}) has an empty {split} split; choose a larger "
+                                "test_fraction / val_fraction or more samples")
 
 
 def _with_position(exp: Experience, pos: int) -> Experience:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-__all__ = ["ClkitError", "ConfigError", "DataError", "NonFiniteLossError"]
+import math
+from collections.abc import Mapping
+from typing import Any
+
+__all__ = ["ClkitError", "ConfigError", "DataError", "Interrupted", "NonFiniteLossError", "check_finite"]
 
 
 class ClkitError(Exception):
@@ -18,4 +22,32 @@ class DataError(ClkitError, ValueError):
 
 
 class NonFiniteLossError(ClkitError, RuntimeError):
-    """The training loss became NaN or infinite; completed experiences are kept."""
+    """The training loss became NaN or infinite; completed experiences are kept.
+
+    Attributes:
+        lr: The (largest) learning rate in use when it happened, for the resume advice.
+    """
+
+    def __init__(self, message: str, lr: float | None = None) -> None:
+        super().__init__(message)
+        self.lr = lr
+
+
+class Interrupted(ClkitError):
+    """The user interrupted the run (Ctrl-C); completed experiences are kept. The command exits with 130."""
+
+    exit_code = 130
+
+
+def check_finite(owner: str, values: Mapping[str, Any]) -> None:
+    """Refuse NaN or infinite numbers among constructor arguments (YAML's ``.nan``/``.inf`` parse as floats).
+
+    Raises:
+        ConfigError: Naming the first argument (or list element) that is not finite.
+    """
+    for name, value in values.items():
+        items = value if isinstance(value, (list, tuple)) else [value]
+        for k, item in enumerate(items):
+            if isinstance(item, float) and not math.isfinite(item):
+                where = name if len(items) == 1 and not isinstance(value, (list, tuple)) else f"{name}[{k}]"
+                raise ConfigError(f"{owner}: {where}={item} is not a finite number")

@@ -33,8 +33,8 @@ from clkit.module import ContinualModule, _restricted_argmax
 from clkit.results import StreamResult
 from clkit.rng import derive_seed, forked_rng
 
-__all__ = ["CHECKPOINT_FORMAT", "StreamResult", "StreamRun", "TrainerFactory", "experience_checkpoints",
-           "fit_stream", "trainer_factory"]
+__all__ = ["CHECKPOINT_FORMAT", "StreamResult", "StreamRun", "TrainerFactory", "check_trainer",
+           "experience_checkpoints", "fit_stream", "trainer_factory"]
 
 TrainerFactory = Callable[..., pl.Trainer]  # make_trainer(experience_index, **overrides) -> Trainer
 CHECKPOINT_FORMAT = 2
@@ -124,12 +124,12 @@ class StreamRun:
             self.logger.keep_history(first)  # rows of the experiences already done survive a resume
         exps = self.stream.experiences
         if first == 0:
-            trainer = self.make_trainer(0)
+            trainer = self._trainer(0)
             with forked_rng(derive_seed(strategy.seed, "evaluation", -1), trainer.strategy.root_device):
                 self._evaluate(trainer, row=-1)
         for i in range(first, t):
             t0 = time.perf_counter()
-            trainer = self.make_trainer(i, **strategy.trainer_overrides(exps[i]))
+            trainer = self._trainer(i, **strategy.trainer_overrides(exps[i]))
             device = trainer.strategy.root_device
             with forked_rng(derive_seed(strategy.seed, "experience", i), device):
                 train, val = self._fit(trainer, i)
@@ -147,8 +147,20 @@ class StreamRun:
         self.wall_seconds += time.perf_counter() - start
         return self.result()
 
+    def _trainer(self, i: int, **overrides: Any) -> pl.Trainer:
+        """``make_trainer(i, **overrides)``; Lightning's complaints about the settings become one-line errors."""
+        try:
+            return self.make_trainer(i, **overrides)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
+        except Exception as err:
+            if type(err).__name__ == "MisconfigurationException":
+                raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
+            raise
+
     def _fit(self, trainer: pl.Trainer, i: int) -> tuple[TensorData, Optional[TensorData]]:
         """Experience ``i``: hooks around ``trainer.fit``, the module on the training device for both hooks."""
+        check_trainer(trainer)
         strategy, exp = self.strategy, self.stream.experiences[i]
         device = trainer.strategy.root_device
         strategy.to(device)
@@ -289,11 +301,27 @@ class StreamRun:
         found = [] if self.checkpoint_dir is None else experience_checkpoints(self.checkpoint_dir)
         return found[-1] if found else None
 
+    def _readable_checkpoint(self) -> tuple[Optional[Path], dict[str, Any]]:
+        """The newest experience checkpoint that loads; unreadable ones (a cut copy, a full disk, zero bytes) are
+        skipped with a warning naming them."""
+        found = [] if self.checkpoint_dir is None else experience_checkpoints(self.checkpoint_dir)
+        for path in reversed(found):
+            try:
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(ckpt, dict) or "experience" not in ckpt:
+                    raise ValueError("not an experience checkpoint")
+            except Exception as err:  # noqa: BLE001  (torch raises RuntimeError, EOFError, UnpicklingError, ...)
+                warnings.warn(f"skipping unreadable checkpoint {path} ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:120] if str(err) else 'empty'}); resuming from an earlier one",
+                              stacklevel=3)
+                continue
+            return path, ckpt
+        return None, {}
+
     def _resume(self) -> int:
-        path = self.latest_checkpoint()
+        path, ckpt = self._readable_checkpoint()
         if path is None:
             return 0
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"checkpoint {path} was written by another clkit version (format "
                               f"{ckpt.get('format', 1)}, this version reads {CHECKPOINT_FORMAT}); start a new run")
@@ -327,6 +355,27 @@ class StreamRun:
             text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
             warnings.warn(f"resuming {path.parent.parent} with a different {text}: the remaining experiences may not "
                           "reproduce an uninterrupted run's numbers exactly", stacklevel=2)
+
+
+def check_trainer(trainer: pl.Trainer) -> None:
+    """Refuse per-experience Trainer settings that would train nothing or forever, or that torch would reject late.
+
+    Raises:
+        ConfigError: Naming the setting and what is valid.
+    """
+    epochs, steps = trainer.max_epochs, trainer.max_steps
+    if epochs is not None and (epochs == 0 or epochs < -1):
+        raise ConfigError(f"trainer.max_epochs={epochs} trains nothing; valid: >= 1 (epochs per experience)")
+    if epochs == -1 and steps == -1:
+        raise ConfigError("trainer.max_epochs=-1 with no max_steps would train the first experience forever; valid: "
+                          "max_epochs >= 1, or max_steps >= 1")
+    limit = trainer.limit_train_batches
+    if limit is not None and limit <= 0:
+        raise ConfigError(f"trainer.limit_train_batches={limit} trains nothing; valid: a fraction in (0, 1] or a "
+                          "number of batches >= 1")
+    clip = trainer.gradient_clip_val
+    if clip is not None and (clip < 0 or clip != clip):
+        raise ConfigError(f"trainer.gradient_clip_val={clip} is invalid; valid: a number >= 0 (0: no clipping)")
 
 
 def experience_checkpoints(folder: Path) -> list[Path]:

@@ -15,9 +15,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from clkit.data import SETTINGS, Experience, StreamSpec, TensorData
-from clkit.errors import ConfigError, NonFiniteLossError
+from clkit.errors import ConfigError, NonFiniteLossError, check_finite
 from clkit.nets import Backbone, backbone_config, default_backbone
-from clkit.optim import describe, optimizer_factory, scheduler_factory, spec
+from clkit.optim import describe, optimizer_factory, probe, scheduler_factory, spec
 from clkit.rng import derive_seed, forked_rng, generator
 
 __all__ = ["ContinualModule", "LRSchedulerCallable", "OptimizerCallable", "memory_bytes"]
@@ -87,6 +87,7 @@ class ContinualModule(pl.LightningModule):
                  lr_scheduler: Optional[LRSchedulerCallable] = None, seed: Optional[int] = None) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "lr_scheduler"])
+        check_finite(type(self).__name__, self.hparams)
         self._memory_names: list[str] = []
         self.register_module("backbone", backbone)  # a slot before the heads even when built later: a fixed order
         self.heads = nn.ModuleList()
@@ -94,6 +95,7 @@ class ContinualModule(pl.LightningModule):
         self.lr_scheduler = lr_scheduler
         self.optimizer_factory = optimizer_factory(optimizer)
         self.scheduler_factory = scheduler_factory(lr_scheduler)
+        probe(self.optimizer_factory, self.scheduler_factory)  # bad settings (momentum -1, ...): one line now
         self.seed: int = int(seed) if seed is not None else -1
         self._given_seed = seed
         self.spec: Optional[StreamSpec] = None
@@ -275,8 +277,8 @@ class ContinualModule(pl.LightningModule):
             exp = self.current_experience.index if self.current_experience else "?"
             lrs = sorted({float(g["lr"]) for opt in self.trainer.optimizers for g in opt.param_groups})
             raise NonFiniteLossError(f"training loss is {loss.item()} at experience {exp}, epoch "
-                                     f"{self.current_epoch}, batch {batch_idx}; try a smaller lr (now "
-                                     f"{', '.join(f'{lr:g}' for lr in lrs)})")
+                                     f"{self.current_epoch}, batch {batch_idx} with lr {', '.join(f'{lr:g}' for lr in lrs)}",
+                                     lr=max(lrs) if lrs else None)
 
     def configure_optimizers(self) -> Any:
         """A fresh ``optimizer(optimizer_parameters())`` (and ``lr_scheduler``) for the experience."""

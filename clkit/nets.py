@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from clkit.errors import ConfigError
+
 __all__ = ["MLP", "Backbone", "SmallCNN", "backbone_config", "count_parameters", "default_backbone", "tensor_bytes"]
 
 
@@ -34,9 +36,12 @@ class Backbone(nn.Module):
         shape = tuple(int(s) for s in input_shape)
         if self.input_shape is not None:
             if self.input_shape != shape:
-                raise ValueError(f"{type(self).__name__} was built for input shape {self.input_shape}, not {shape}")
+                raise ConfigError(f"{type(self).__name__} was built for input shape {self.input_shape}, not {shape}")
             return self
-        self._build(shape)
+        try:
+            self._build(shape)
+        except ValueError as err:  # a network that cannot take this input (too small an image, ...)
+            raise ConfigError(f"backbone {type(self).__name__}: {err}") from None
         self.input_shape = shape
         return self
 

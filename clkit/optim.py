@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any, Optional, Union
 
@@ -82,9 +83,31 @@ def describe(value: Optional[Spec]) -> Any:
     return repr(value)
 
 
-def probe(factory: OptimizerFactory) -> Optimizer:
-    """The optimizer ``factory`` builds, on one throwaway parameter (to check its type and settings early)."""
+def probe(factory: OptimizerFactory, scheduler: Optional[SchedulerFactory] = None) -> Optimizer:
+    """The optimizer ``factory`` builds on one throwaway parameter (and the scheduler on it), to check their type
+    and settings early: torch's own checks (a negative momentum, weight decay or lr) become one-line errors.
+
+    Raises:
+        ConfigError: Naming the optimizer (or scheduler) and torch's complaint.
+    """
     try:
-        return factory([nn.Parameter(torch.zeros(1))])
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"cannot build the optimizer: {err}") from None
+        optimizer = factory([nn.Parameter(torch.zeros(1))])
+    except (TypeError, ValueError, KeyError) as err:
+        raise ConfigError(f"cannot build the optimizer {_name(factory)}: {err}") from None
+    if not isinstance(optimizer, Optimizer):
+        raise ConfigError(f"the optimizer {_name(factory)} built a {type(optimizer).__name__}, not a torch Optimizer")
+    bad = [f"{k}={v}" for k, v in optimizer.defaults.items() if isinstance(v, float) and (v < 0 or not math.isfinite(v))
+           and k in ("lr", "momentum", "weight_decay", "dampening", "eps")]
+    if bad:
+        raise ConfigError(f"optimizer {type(optimizer).__name__}: {', '.join(bad)} must be a finite number >= 0")
+    if scheduler is not None:
+        try:
+            scheduler(optimizer)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ConfigError(f"cannot build the lr_scheduler {_name(scheduler)}: {err}") from None
+    return optimizer
+
+
+def _name(factory: Any) -> str:
+    described = describe(factory)
+    return str(described["class_path"]) if isinstance(described, dict) else str(described)

@@ -32,7 +32,12 @@ def load_digits_tensors(test_fraction: float, seed: int) -> tuple[tuple[Tensor, 
     for c in range(10):  # stratified: the same fraction of every class goes to test
         rows = (y == c).nonzero().squeeze(1)
         rows = rows[torch.randperm(len(rows), generator=g)]
-        test_rows.append(rows[: int(round(test_fraction * len(rows)))])
+        n_test = int(round(test_fraction * len(rows)))
+        if not 0 < n_test < len(rows):
+            low, high = 0.5 / len(rows), 1 - 0.5 / len(rows)
+            raise ConfigError(f"test_fraction={test_fraction} leaves class {c} ({len(rows)} images) with an empty "
+                              f"{'test' if n_test == 0 else 'training'} split; valid: {low:.3f} to {high:.3f}")
+        test_rows.append(rows[:n_test])
     is_test = torch.zeros(len(y), dtype=torch.bool)
     is_test[torch.cat(test_rows)] = True
     return (x[~is_test], y[~is_test]), (x[is_test], y[is_test])
@@ -116,3 +121,6 @@ class PermutedDigits(AvalancheScenario):
 
     def experience_names(self) -> Optional[list[str]]:
         return [f"permutation {i}" for i in range(self.n_experiences)]
+
+    def estimated_bytes(self) -> Optional[int]:
+        return self.n_experiences * 1797 * 64 * 4 * 2  # 1,797 images of 8x8 float32 per permutation, plus a copy

@@ -82,6 +82,15 @@ class _TransformedMNIST(FileScenario):
         """Experience ``index``'s transformation of uint8 images (N, 1, 28, 28)."""
         raise NotImplementedError
 
+    def estimated_bytes(self) -> Optional[int]:
+        """``n_experiences`` transformed copies of the images (their files' size, or full MNIST's 70,000)."""
+        try:
+            files = [self.root / name for name in ("MNIST/raw/train-images-idx3-ubyte", "MNIST/raw/t10k-images-idx3-ubyte")]
+            per_copy = sum(f.stat().st_size for f in files) if all(f.is_file() for f in files) else 70_000 * 784
+        except DataError:  # no dataset_root: the build reports it
+            return None
+        return self.n_experiences * per_copy
+
     def benchmark(self) -> Any:
         from avalanche.benchmarks import tensors_benchmark
 

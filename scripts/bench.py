@@ -70,13 +70,14 @@ def mlp(width: int = 256) -> nn.Module:
 def run_clkit(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:
     import pytorch_lightning as pl
 
-    from clkit.loop import StreamRun, trainer_factory
+    from clkit.loop import fit_stream, trainer_factory
     from clkit.nets import MLP
+    from clkit.optim import spec
     from strategies import Naive
 
     pl.seed_everything(0, verbose=False)
-    run = StreamRun(Naive(backbone=MLP(hidden=[width, width]), lr=lr), stream, trainer_factory(max_epochs=epochs))
-    return float(run.run()[-1].mean())
+    naive = Naive(backbone=MLP(hidden=[width, width]), optimizer=spec("torch.optim.SGD", lr=lr))
+    return float(fit_stream(naive, stream, trainer_factory(max_epochs=epochs)).accuracy_matrix[-1].mean())
 
 
 def run_bare_lightning(stream: PermutedTensors, epochs: int, lr: float, width: int = 256) -> float:

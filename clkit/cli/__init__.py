@@ -49,4 +49,4 @@ def main(argv: Optional[list[str]] = None) -> None:
         getattr(importlib.import_module(module), function)(rest)
     except ClkitError as err:
         print(f"clkit: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None

@@ -122,9 +122,13 @@ def collect(paths: list[Path]) -> tuple[list[str], list[SweepRun]]:
         for entry in entries:
             run_dir = sweep_dir / entry["run_id"]
             state, status = run_state(run_dir)
-            run = SweepRun(entry["run_id"], run_dir, dict(entry.get("labels", {})), state,
-                           read_run(run_dir) if state == "done" else None,
-                           status.get("error") if state == "failed" else None,
+            results, error = None, status.get("error") if state == "failed" else None
+            if state == "done":
+                try:
+                    results = read_run(run_dir)
+                except DataError as err:  # a damaged results.json: listed with the failed runs, the rest still shown
+                    state, error = "failed", f"unreadable results.json ({err})"
+            run = SweepRun(entry["run_id"], run_dir, dict(entry.get("labels", {})), state, results, error,
                            {k: entry[k] for k in ("strategy", "scenario") if k in entry})
             if run.run_id not in runs or (run.results is not None and runs[run.run_id].results is None):
                 runs[run.run_id] = run

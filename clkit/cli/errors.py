@@ -13,27 +13,60 @@ _NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "E
           "Expected a <class 'NoneType'>", "Expected a path but")
 
 
+SECTIONS = ("model", "data", "trainer", "optimizer", "lr_scheduler", "seed_everything", "run_dir", "resume",
+            "test_passes", "config", "print_config")
+BASES = {"model": ("strategies", "a strategy (a clkit.ContinualModule subclass)"),
+         "data": ("scenarios", "a scenario (a clkit.ContinualDataModule subclass)")}
+BACKBONES = ("clkit.nets.MLP", "clkit.nets.SmallCNN", "strategies.projection.AlexNetGPM",
+             "strategies.projection.ReducedResNet18", "strategies.supermask.MaskedMLP", "strategies.supermask.MaskedCNN",
+             "strategies.supermask.MaskedGEMResNet18")
+
+
+def _strip_bullet(line: str) -> str:
+    """``"- text"`` -> ``"text"``; a leading minus of a number (``-1 is not in bounds``) stays."""
+    return line[2:] if line.startswith("- ") else line
+
+
 def first_line(err: BaseException) -> str:
     """Condense a jsonargparse error into one line: keep what names the bad value, drop the union noise."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    kept = [ln.lstrip("- ").rstrip(":") for ln in lines if not ln.lstrip("- ").startswith(_NOISE)]
+    raw = str(err)
+    lines = [_strip_bullet(ln.strip()) for ln in raw.splitlines() if ln.strip()]
+    kept = [ln.rstrip(":") for ln in lines if not ln.startswith(_NOISE)]
     text = ": ".join(kept) if kept else type(err).__name__
-    return _with_valid_values(text)
+    given = re.findall(r"^\s*Given value: (.*)$", raw, flags=re.M)
+    return _with_valid_values(text, given[-1].strip() if given else None)
 
 
-def _with_valid_values(text: str) -> str:
-    """Append what would have been valid: the classes for a bad class name, the arguments for a bad argument."""
+def _with_valid_values(text: str, given: str | None = None) -> str:
+    """Append what would have been valid: the classes for a bad class name, the arguments for a bad argument, the
+    value given for a bad type."""
     section = re.search(r'Parser key "(model|data)"', text)
-    if "has no attribute" in text or "Expected a dot import path" in text:
+    if 'Parser key "backbone"' in text and ("has no attribute" in text or "does not correspond" in text):
+        text += f" (valid backbones include: {', '.join(BACKBONES)})"
+    elif "has no attribute" in text or "Expected a dot import path" in text:
         packages = {"model": ["strategies"], "data": ["scenarios"]}.get(section.group(1) if section else "",
                                                                          ["strategies", "scenarios"])
         text += "".join(f" (valid {p}: {', '.join(_names(p))})" for p in packages)
-    elif "is not accepted" in text and (path := re.search(r"class_path '([\w.]+)'", text)):
-        text += f" (valid arguments of {path.group(1).rsplit('.', 1)[-1]}: {', '.join(_init_args(path.group(1)))})"
+    elif "does not correspond to a subclass" in text and section and given:
+        package, what = BASES[section.group(1)]
+        text = (f"--{section.group(1)} {given} is not {what}; valid {package}: {', '.join(_names(package))}, or your "
+                "own subclass")
+    elif "is not accepted" in text and (paths := re.findall(r"class_path '([\w.]+)'", text)):
+        path = paths[-1]  # the innermost class: the one whose argument was mistyped
+        text += f" (valid arguments of {path.rsplit('.', 1)[-1]}: {', '.join(_init_args(path))})"
     elif text.startswith("unrecognized arguments: --trainer."):
         import pytorch_lightning as pl
 
         text += f" (valid trainer keys: {', '.join(_init_args(pl.Trainer))})"
+    elif text.startswith("unrecognized arguments") or "Key \"" in text and "not found" in text:
+        text += f" (valid sections: {', '.join(SECTIONS)})"
+    elif re.search(r"Expected a <class '\w+'>", text) and given is not None:
+        expected = sorted(set(re.findall(r"Expected a <class '(\w+)'>", text)) - {"NoneType"})
+        key = re.search(r'Parser key "([\w.]+)"', text)
+        where = key.group(1) if key else "a value"
+        text = f"{where}: expected {' or '.join(expected)}, got {given!r}"
+    if re.match(r"^-?\d+ is not in bounds", text):
+        text = f"seed_everything={text}"
     return text if len(text) < 1600 else text[:1600] + " ..."
 
 

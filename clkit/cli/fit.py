@@ -8,6 +8,7 @@ overrides), built with ``run=False``: it parses and instantiates ``model`` (a st
 from __future__ import annotations
 
 import copy
+import json
 import sys
 import warnings
 from datetime import datetime
@@ -58,6 +59,8 @@ def _build_cli(args: list[str]) -> Any:
 
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         args = ["--config", _default_config(), *args]
+    for path in _config_files(args):
+        check_config_file(path)
     args = _strategy_optimizer_args(args)
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv and args both hold arguments
     try:
@@ -71,11 +74,53 @@ def _build_cli(args: list[str]) -> Any:
     except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
         raise ConfigError(first_line(err)) from None
     except Exception as err:  # jsonargparse's ArgumentError and friends
-        if type(err).__name__ in ("ArgumentError", "ParserError", "NSKeyError", "ScannerError"):
+        if type(err).__name__ in ("ArgumentError", "ParserError", "NSKeyError", "ScannerError",
+                                  "MisconfigurationException"):
             raise ConfigError(first_line(err)) from None
         raise
     finally:
         sys.argv = argv
+
+
+def _config_files(args: list[str]) -> list[str]:
+    files = [b for a, b in zip(args, args[1:]) if a == "--config"]
+    return files + [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+
+
+def check_config_file(path: str) -> None:
+    """A config file must exist and hold a YAML mapping of known sections; any problem is one line naming the file.
+
+    Raises:
+        ConfigError: For a missing, unreadable, empty, malformed or non-mapping file, or an unknown section.
+    """
+    from clkit.cli.errors import SECTIONS
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config {path}: the file does not exist")
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot read it ({err})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        line = text.splitlines()[mark.line] if mark is not None and mark.line < len(text.splitlines()) else ""
+        hint = " (a tab: YAML indents with spaces only)" if "\t" in line else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"--config {path}: invalid YAML{where}: {problem}{hint}") from None
+    if data is None:
+        raise ConfigError(f"--config {path} is empty; a config maps sections ({', '.join(SECTIONS[:5])}, ...) to "
+                          "their settings")
+    if not isinstance(data, dict):
+        raise ConfigError(f"--config {path} holds a {type(data).__name__}, not a mapping of sections "
+                          f"({', '.join(SECTIONS[:5])}, ...)")
+    unknown = sorted(str(k) for k in data if k not in SECTIONS)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown section(s) {', '.join(repr(k) for k in unknown)}; valid sections: "
+                          f"{', '.join(SECTIONS)}")
 
 
 def _strategy_optimizer_args(args: list[str]) -> list[str]:
@@ -89,35 +134,62 @@ def _strategy_optimizer_args(args: list[str]) -> list[str]:
 
 def run_fit(args: list[str]) -> Path:
     """Parse ``clkit fit`` arguments, run the experiment, write the outputs; returns the run directory."""
-    from clkit.loop import StreamRun, quiet_lightning
-    from clkit.results import partial_results, write_json, write_run_outputs
+    from clkit.cli.rundir import RunDirLock, interrupts_as_errors
+    from clkit.loop import quiet_lightning
 
     quiet_lightning()  # a Trainer per experience would repeat Lightning's start-up notes T times
     if str(Path.cwd()) not in sys.path and "" not in sys.path:
         sys.path.append(str(Path.cwd()))  # --model mypkg.MyStrategy from the working directory (after clkit's own)
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # losses are per epoch
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*")  # Lightning's use of a torch deprecation
-    cli = _build_cli(args)
+    with interrupts_as_errors():
+        cli = _build_cli(args)
+        cfg = cli.config
+        resume = cfg.get("resume")
+        run_dir = Path(resume or cfg.get("run_dir") or _default_run_dir(cli.model, cli.datamodule,
+                                                                          cfg.get("seed_everything")))
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"{'--resume' if resume else '--run_dir'} {run_dir} is a file, not a run directory")
+        if resume and not run_dir.is_dir():
+            raise ConfigError(f"--resume {run_dir}: no such run directory")
+        if not _is_rank_zero():  # DDP ranks > 0 run the same command: rank 0 owns the directory
+            return _fit(cli, run_dir)
+        with RunDirLock(run_dir):
+            return _fit(cli, run_dir)
+
+
+def _fit(cli: Any, run_dir: Path) -> Path:
+    from clkit.cli.rundir import prepare_run_dir
+    from clkit.errors import Interrupted, NonFiniteLossError
+    from clkit.loop import StreamRun
+    from clkit.results import partial_results, write_json, write_run_outputs
+
     cfg = cli.config
-    model, data = cli.model, cli.datamodule
-    seed = cfg.get("seed_everything")
-    resume = cfg.get("resume")
-    run_dir = Path(resume or cfg.get("run_dir") or _default_run_dir(model, data, seed))
+    seed, resume = cfg.get("seed_everything"), bool(cfg.get("resume"))
     config = _resolved_config(cli)
-    _check_config(run_dir, config, resuming=bool(resume))
+    prepare_run_dir(run_dir, config, resuming=resume, write=_is_rank_zero())
     make_trainer, logger = _trainer_factory(cli, run_dir)
-    run = StreamRun(model, data, make_trainer, run_dir=run_dir, logger=logger, verbose=True,
-                    test_passes=int(cfg.get("test_passes") or 1), about={"config": config})
+    run = StreamRun(cli.model, cli.datamodule, make_trainer, run_dir=run_dir, logger=logger, verbose=True,
+                    test_passes=int(cfg.get("test_passes", 1)), about={"config": config})
     try:
-        result = run.run(resume=bool(resume))
+        result = run.run(resume=resume)
     except ClkitError as err:
-        if not run.completed or not _is_rank_zero():
+        if not _is_rank_zero():
             raise
-        write_json(run_dir / "results.partial.json",
-                   partial_results(run.result(), run.completed, seed=seed, config=config, error=str(err)))
-        raise ClkitError(f"{err} (completed experiences: {run.completed}; checkpoints in {run_dir / 'checkpoints'}; "
-                         f"continue with --resume {run_dir})") from None
+        if run.completed:
+            write_json(run_dir / "results.partial.json",
+                       partial_results(run.result(), run.completed, seed=seed, config=config, error=str(err)))
+        advice = f"continue with the same command and --resume {run_dir}"
+        if isinstance(err, NonFiniteLossError) and err.lr:
+            advice += f" --optimizer.lr {err.lr / 10:g} (a resume may change the optimizer and the trainer section)"
+        done = f"{run.completed} experience(s) finished" + (f", checkpoints in {run_dir / 'checkpoints'}"
+                                                            if run.completed else "")
+        raised = type(err) if isinstance(err, Interrupted) else ClkitError
+        raise raised(f"{err} ({done}; {advice})") from None
     results = result.results(seed=seed, config=config)
+    resumes = run_dir / "resumes.json"
+    if resumes.is_file():
+        results["resumes"] = json.loads(resumes.read_text()).get("resumes", [])
     if not _is_rank_zero():  # under DDP every rank holds the same results; one writes them
         return run_dir
     write_run_outputs(run_dir, results)
@@ -143,50 +215,12 @@ def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
     return path
 
 
-def _earlier_run(run_dir: Path) -> list[str]:
-    """What in ``run_dir`` belongs to a run that finished or got past an experience (config/logs alone do not)."""
-    from clkit.loop import experience_checkpoints
-
-    found = [name for name in ("results.json", "results.partial.json") if (run_dir / name).is_file()]
-    names = [p.name for p in experience_checkpoints(run_dir / "checkpoints")]
-    return found + ([f"checkpoints/{names[0]}" + (f"..{names[-1]}" if len(names) > 1 else "")] if names else [])
-
-
 def _resolved_config(cli: Any) -> dict[str, Any]:
     dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
     config = yaml.safe_load(dumped)
     for key in ("config", "run_dir", "resume", "print_config", "optimizer", "lr_scheduler"):
         config.pop(key, None)  # (--optimizer/--lr_scheduler were merged into model.init_args)
     return config
-
-
-def _check_config(run_dir: Path, config: dict[str, Any], resuming: bool) -> None:
-    """Save the config beside the run; a resumed run must use the same one."""
-    from clkit._io import write_text_atomic
-
-    path = run_dir / "config.yaml"
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{'--resume' if resuming else '--run_dir'} {run_dir} is a file, not a run directory")
-    if resuming:
-        if not run_dir.is_dir():
-            raise ConfigError(f"--resume {run_dir}: no such run directory")
-        if path.is_file():
-            saved = yaml.safe_load(path.read_text())
-            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-            if set(diff) & {"model", "data", "seed_everything"}:
-                raise ConfigError(f"--resume {run_dir}: the config differs from the run's config.yaml in {diff}")
-            if diff and not (run_dir / "results.json").is_file():
-                print(f"clkit: warning: resuming with a different {diff} section than config.yaml", file=sys.stderr)
-        if (run_dir / "results.json").is_file():
-            raise ConfigError(f"--resume {run_dir}: that run has finished (results.json); nothing to resume")
-        return
-    earlier = _earlier_run(run_dir)
-    if earlier:  # its checkpoints would be mixed with this run's, and --resume would load them
-        raise ConfigError(f"--run_dir {run_dir} already holds a run ({', '.join(earlier)}); continue it with "
-                          f"--resume {run_dir}, or choose a new --run_dir (or delete that directory)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if _is_rank_zero():
-        write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:

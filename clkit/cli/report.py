@@ -62,16 +62,23 @@ def _markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def format_runs(files: list[Path]) -> str:
-    """A markdown table with one row per run."""
+    """A markdown table with one row per run; unreadable runs are listed after it, not fatal."""
     head = ["run", "strategy", "scenario", "seed", *COLUMNS, "state MB", "wall s"]
-    rows = []
+    rows, skipped = [], []
     for f in files:
-        r = read_run(f)
+        try:
+            r = read_run(f)
+        except DataError as err:
+            skipped.append(f"- {f}: {err}")
+            continue
         m = r["metrics"]
         rows.append([str(f.parent), r["strategy"], r["scenario"], str(r["seed"]),
                      *(f"{m[c]:+.4f}" if c in ("bwt", "fwt") else f"{m[c]:.4f}" for c in COLUMNS),
                      f"{r['strategy_state_bytes'] / 2**20:.3f}", f"{r['wall_seconds']:.1f}"])
-    return _markdown_table(head, rows)
+    if not rows:
+        raise DataError("no readable results.json: " + "; ".join(s[2:] for s in skipped))
+    table = _markdown_table(head, rows)
+    return table + (f"\n\nSkipped {len(skipped)} unreadable run(s):\n" + "\n".join(skipped) if skipped else "")
 
 
 def _cell(group: Group, column: str) -> str:

@@ -27,13 +27,16 @@ class CrashAt(pl.Callback):
 
 
 class NaNAt(Naive):
-    """Naive whose loss becomes NaN on experience ``experience`` (tests the NaN stop)."""
+    """Naive whose loss becomes NaN on experience ``experience`` while the lr exceeds ``above_lr`` (tests the NaN stop
+    and the advised resume with a smaller lr)."""
 
-    def __init__(self, *, experience: int = 1, **kwargs: Any) -> None:
+    def __init__(self, *, experience: int = 1, above_lr: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.nan_experience = experience
+        self.nan_experience, self.above_lr = experience, above_lr
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         loss = super().training_step(batch, batch_idx)
         assert self.current_experience is not None
-        return loss * float("nan") if self.current_experience.index == self.nan_experience else loss
+        lr = max(g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups)
+        return loss * float("nan") if self.current_experience.index == self.nan_experience and lr > self.above_lr \
+            else loss
