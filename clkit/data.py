@@ -21,6 +21,7 @@ __all__ = [
     "SETTINGS",
     "BatchIndexSampler",
     "ContinualDataModule",
+    "DatasetData",
     "EvalBatches",
     "Experience",
     "Setting",
@@ -70,6 +71,10 @@ class TensorData(Dataset):
         """The samples at ``idx`` (a new object sharing nothing mutable with this one)."""
         return TensorData(self.x[idx], self.y[idx], self.t[idx], self.transform)
 
+    def with_task_id(self, task: int) -> TensorData:
+        """The same samples, every task id set to ``task``."""
+        return TensorData(self.x, self.y, torch.full_like(self.t, task), self.transform)
+
     @staticmethod
     def concat(parts: Sequence[TensorData]) -> TensorData:
         """Concatenate several parts; they must share their ``transform``."""
@@ -79,6 +84,53 @@ class TensorData(Dataset):
             return parts[0]
         return TensorData(torch.cat([p.x for p in parts]), torch.cat([p.y for p in parts]),
                           torch.cat([p.t for p in parts]), parts[0].transform)
+
+
+class DatasetData(TensorData):
+    """Samples read one at a time through a torch (or Avalanche) dataset, with labels and task ids held as tensors.
+
+    The dataset's own transforms run at every read, so random train-time augmentations differ from epoch to epoch
+    (they draw from torch's generator, which the stream loop seeds per experience: a run stays reproducible). It is
+    the stand-in for data that should not, or cannot, be materialised as :class:`TensorData`; ``x`` materialises it
+    on demand (for strategies that keep raw inputs).
+
+    Args:
+        dataset: Items ``(x, y, ...)``; only ``x`` is read.
+        y: Labels (N,), in the order of ``indices``.
+        t: Task ids (N,).
+        indices: Rows of ``dataset`` (default: all).
+    """
+
+    dataset: Dataset
+    indices: Tensor
+
+    def __init__(self, dataset: Dataset, y: Tensor, t: Tensor, indices: Optional[Tensor] = None) -> None:
+        rows = torch.arange(len(y)) if indices is None else indices.long()
+        if y.shape != (len(rows),) or t.shape != (len(rows),):
+            raise DataError(f"DatasetData needs y and t of shape ({len(rows)},), got {tuple(y.shape)} and "
+                            f"{tuple(t.shape)}")
+        for name, value in (("dataset", dataset), ("y", y), ("t", t), ("indices", rows), ("transform", None)):
+            object.__setattr__(self, name, value)
+
+    @property
+    def x(self) -> Tensor:  # type: ignore[override]
+        return self[torch.arange(len(self))][0]
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def __getitem__(self, idx: Any) -> Batch:
+        single = isinstance(idx, int) or (isinstance(idx, Tensor) and idx.ndim == 0)
+        rows = self.indices[torch.as_tensor(idx, dtype=torch.long).reshape(-1)]
+        x = torch.stack([torch.as_tensor(self.dataset[int(r)][0]) for r in rows])
+        y, t = self.y[torch.as_tensor(idx, dtype=torch.long)], self.t[torch.as_tensor(idx, dtype=torch.long)]
+        return (x[0], y, t) if single else (x, y, t)
+
+    def subset(self, idx: Tensor) -> DatasetData:
+        return DatasetData(self.dataset, self.y[idx], self.t[idx], self.indices[idx])
+
+    def with_task_id(self, task: int) -> DatasetData:
+        return DatasetData(self.dataset, self.y, torch.full_like(self.t, task), self.indices)
 
 
 @dataclass(frozen=True, eq=False)
@@ -380,7 +432,7 @@ def _check_splits(name: str, exps: Sequence[Experience]) -> None:
 def _with_position(exp: Experience, pos: int) -> Experience:
     """The same experience moved to position ``pos`` (its task ids follow the position)."""
     def retag(d: Optional[TensorData]) -> Optional[TensorData]:
-        return None if d is None else TensorData(d.x, d.y, torch.full_like(d.t, pos), d.transform)
+        return None if d is None else d.with_task_id(pos)
 
     train, test = retag(exp.train), retag(exp.test)
     assert train is not None and test is not None

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from clkit._io import save_torch_atomic
 from clkit.data import ContinualDataModule, StreamSpec, TensorData
-from clkit.errors import ConfigError
+from clkit.errors import ConfigError, DataError
 from clkit.metrics import AccuracyCounts, stream_metrics
 from clkit.module import ContinualModule, _restricted_argmax
 from clkit.results import StreamResult
@@ -295,7 +295,11 @@ class StreamRun:
                          **({"task_aware": self._aware.state()} if self._aware is not None else {})},
             "per_experience": self.per_experience, "wall_seconds": self.wall_seconds, "about": self.about,
         }
-        save_torch_atomic(self.checkpoint_dir / f"exp{i}.pt", ckpt)
+        try:
+            save_torch_atomic(self.checkpoint_dir / f"exp{i}.pt", ckpt)
+        except OSError as err:  # a full disk: the run stops with what is finished on disk
+            raise DataError(f"cannot write the checkpoint of experience {i} to {self.checkpoint_dir}: "
+                            f"{err.strerror or err}") from None
 
     def latest_checkpoint(self) -> Optional[Path]:
         found = [] if self.checkpoint_dir is None else experience_checkpoints(self.checkpoint_dir)

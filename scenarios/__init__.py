@@ -9,6 +9,7 @@ import warnings
 # no clkit scenario or strategy uses one.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
+from scenarios.avalanche import FromAvalanche
 from scenarios.classic import (  # noqa: E402
     CelebAAttributes,
     CIFAR100Pairs,
@@ -29,7 +30,7 @@ from scenarios.features import FeatureStream
 from scenarios.ibcl_toy import BinaryDigits
 from scenarios.toy import ToyPermuted, ToyShared, ToySplit
 
-__all__ = ["BinaryDigits", "CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "NewsgroupPairs",
+__all__ = ["BinaryDigits", "CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "FromAvalanche", "NewsgroupPairs",
            "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
            "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "TinyImageNetPairs", "ToyPermuted", "ToyShared",
            "ToySplit"]

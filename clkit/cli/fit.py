@@ -19,7 +19,7 @@ from typing import Any, Optional
 import yaml
 
 from clkit.cli.errors import first_line
-from clkit.errors import ClkitError, ConfigError
+from clkit.errors import ClkitError, ConfigError, DataError
 
 __all__ = ["run_fit"]
 
@@ -152,10 +152,14 @@ def run_fit(args: list[str]) -> Path:
             raise ConfigError(f"{'--resume' if resume else '--run_dir'} {run_dir} is a file, not a run directory")
         if resume and not run_dir.is_dir():
             raise ConfigError(f"--resume {run_dir}: no such run directory")
-        if not _is_rank_zero():  # DDP ranks > 0 run the same command: rank 0 owns the directory
-            return _fit(cli, run_dir)
-        with RunDirLock(run_dir):
-            return _fit(cli, run_dir)
+        try:
+            if not _is_rank_zero():  # DDP ranks > 0 run the same command: rank 0 owns the directory
+                return _fit(cli, run_dir)
+            with RunDirLock(run_dir):
+                return _fit(cli, run_dir)
+        except OSError as err:  # a read-only or full disk, a path under /sys, ...
+            raise DataError(f"cannot write the run directory {run_dir}: {err.strerror or err} "
+                            f"({err.filename or run_dir})") from None
 
 
 def _fit(cli: Any, run_dir: Path) -> Path:

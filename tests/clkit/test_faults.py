@@ -80,6 +80,7 @@ CASES: list[tuple[str, list[str], str]] = [
     ("zero devices", ["--trainer.devices", "0"], "devices='0'"),
     ("an unknown precision", ["--trainer.precision", "bogus"], "bogus"),
     ("zero test passes", ["--test_passes", "0"], "test_passes must be >= 1, got 0"),
+    ("an unwritable run directory", ["--run_dir", "/sys/clkit-run"], "cannot write the run directory /sys/clkit-run"),
     # a NaN loss stops the run with advice that works
     ("a diverging lr", [*PERMUTED, "--optimizer.lr", "1e9"], "--optimizer.lr 1e+08"),
 ]
