@@ -5,13 +5,19 @@ methods, math and protocol networks: :mod:`strategies.projection` (GPM, TRGP, CU
 (SupSup, ExSSNeT) and :mod:`strategies.ibcl` (IBCL). ``STRATEGIES`` is the explicit registry, in README order.
 """
 
+from strategies.agem import AGEM
+from strategies.der import DER
+from strategies.er import ER
 from strategies.ewc import EWC
+from strategies.gem import GEM
 from strategies.ibcl import IBCL
+from strategies.icarl import ICaRL
 from strategies.joint import Joint
 from strategies.naive import Naive
 from strategies.projection import CUBER, GPM, TRGP
 from strategies.supermask import ExSSNeT, SupSup
 
-__all__ = ["CUBER", "EWC", "GPM", "IBCL", "STRATEGIES", "TRGP", "ExSSNeT", "Joint", "Naive", "SupSup"]
+__all__ = ["AGEM", "CUBER", "DER", "ER", "EWC", "GEM", "GPM", "IBCL", "STRATEGIES", "TRGP", "ExSSNeT", "ICaRL", "Joint",
+           "Naive", "SupSup"]
 
-STRATEGIES = (Naive, Joint, EWC, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)
+STRATEGIES = (Naive, Joint, EWC, ER, DER, AGEM, GEM, ICaRL, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)
