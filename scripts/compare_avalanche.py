@@ -96,7 +96,7 @@ def evaluate(predict: Callable[[Tensor], Tensor], stream: ContinualDataModule) -
 
 
 def avalanche_strategy(name: str, model: Net, n_experiences: int, bs: int, epochs: int) -> Any:
-    from avalanche.training import AGEM, DER, GEM, LwF, MAS, ICaRL, Naive, SynapticIntelligence
+    from avalanche.training import AGEM, DER, GEM, MAS, ICaRL, LwF, Naive, SynapticIntelligence
     from avalanche.training.plugins import EvaluationPlugin, ReplayPlugin
     from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
