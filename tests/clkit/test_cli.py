@@ -105,7 +105,7 @@ def test_odd_run_directories_are_one_line_errors(tmp_path: Path, capsys: pytest.
 
 @pytest.mark.parametrize("args, needle", [
     (["--model", "strategies.Nope"], "Nope"),
-    (["--model", "GPMM"], "valid strategies: CUBER, EWC, GPM,"),
+    (["--model", "GPMM"], "valid strategies: AGEM, CUBER, DER, ER, EWC,"),
     (["--data", "SplitDigit"], "SplitDigits"),
     (["--model.init_args.nope", "1"], "nope"),
     (["--model.init_args.nope", "1"], "valid arguments of Naive: backbone, optimizer, lr_scheduler, seed"),
