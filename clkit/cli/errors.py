@@ -46,7 +46,11 @@ def _with_valid_values(text: str, given: str | None = None) -> str:
     elif "has no attribute" in text or "Expected a dot import path" in text:
         packages = {"model": ["strategies"], "data": ["scenarios"]}.get(section.group(1) if section else "",
                                                                          ["strategies", "scenarios"])
+        bad = re.search(r"(?:import path string|has no attribute)[: ]+'?([\w.]+)'?", text)
         text += "".join(f" (valid {p}: {', '.join(_names(p))})" for p in packages)
+        close = _closest(bad.group(1).rsplit(".", 1)[-1], [n for p in packages for n in _names(p)]) if bad else None
+        if close:
+            text += f"; did you mean {close}?"
     elif "does not correspond to a subclass" in text and section and given:
         package, what = BASES[section.group(1)]
         text = (f"--{section.group(1)} {given} is not {what}; valid {package}: {', '.join(_names(package))}, or your "
@@ -94,8 +98,17 @@ def _names(package: str) -> list[str]:
     """Public classes of ``package`` by the short names ``--model``/``--data`` accept (``GPM``, ``SplitDigits``)."""
     import importlib
 
-    return [n for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
-            and n != "STRATEGIES"]
+    return sorted((n for n in getattr(importlib.import_module(package), "__all__", []) if n[0].isupper()
+                   and n != "STRATEGIES"), key=str.lower)
+
+
+def _closest(given: str, names: list[str]) -> str | None:
+    """The valid name a typo most likely meant (case-insensitive), or ``None`` when nothing is close."""
+    import difflib
+
+    lower = {n.lower(): n for n in names}
+    match = difflib.get_close_matches(given.lower(), list(lower), n=1, cutoff=0.6)
+    return lower[match[0]] if match else None
 
 
 def parse_subcommand(parser: Any, args: list[str], command: str) -> Any:

@@ -27,7 +27,8 @@ PERMUTED = ["--data", "scenarios.PermutedDigits", "--data.init_args.n_experience
 CASES: list[tuple[str, list[str], str]] = [
     # unknown or wrong classes
     ("unknown strategy", ["--model", "strategies.Nope"], "Nope"),
-    ("short-name typo", ["--model", "GPMM"], "valid strategies: CUBER, EWC, GPM"),
+    ("short-name typo", ["--model", "GPMM"], "did you mean GPM?"),
+    ("short-name case", ["--model", "gpm"], "did you mean GPM?"),
     ("unknown scenario", ["--data", "SplitDigit"], "SplitDigits"),
     ("a class that is no strategy", ["--model", "torch.nn.Linear"], "torch.nn.Linear is not a strategy"),
     ("a class that is no scenario", ["--data", "torch.nn.Linear"], "torch.nn.Linear is not a scenario"),
