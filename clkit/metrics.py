@@ -31,7 +31,7 @@ class AccuracyMatrix(torchmetrics.Metric):
     reset it at epoch end.
 
     Args:
-        num_experiences: T, the number of columns (test experiences).
+        n_experiences: T, the number of columns (test experiences).
         num_rows: Number of rows; T by default (use 1 for the untrained model's row).
     """
 
@@ -40,15 +40,15 @@ class AccuracyMatrix(torchmetrics.Metric):
     correct: Tensor  # (rows, T) states, registered by add_state
     total: Tensor
 
-    def __init__(self, num_experiences: int, num_rows: int | None = None) -> None:
+    def __init__(self, n_experiences: int, num_rows: int | None = None) -> None:
         super().__init__()
-        if num_experiences < 1:
-            raise ValueError(f"num_experiences must be >= 1, got {num_experiences}")
-        rows = num_experiences if num_rows is None else num_rows
-        self.num_experiences = num_experiences
-        self.add_state("correct", torch.zeros(rows, num_experiences, dtype=torch.float64), dist_reduce_fx="sum",
+        if n_experiences < 1:
+            raise ValueError(f"n_experiences must be >= 1, got {n_experiences}")
+        rows = n_experiences if num_rows is None else num_rows
+        self.n_experiences = n_experiences
+        self.add_state("correct", torch.zeros(rows, n_experiences, dtype=torch.float64), dist_reduce_fx="sum",
                        persistent=True)
-        self.add_state("total", torch.zeros(rows, num_experiences, dtype=torch.float64), dist_reduce_fx="sum",
+        self.add_state("total", torch.zeros(rows, n_experiences, dtype=torch.float64), dist_reduce_fx="sum",
                        persistent=True)
 
     def update(self, preds: Tensor, target: Tensor, *, train_exp: int, eval_exp: int) -> None:  # type: ignore[override]

@@ -9,6 +9,7 @@ never reseeds the global generator), materialised by the adapter, then normalise
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -42,6 +43,18 @@ def tensor_dataset(x: Tensor, y: Tensor) -> TensorDataset:
     ds = TensorDataset(x, y)
     ds.targets = y  # type: ignore[attr-defined]
     return ds
+
+
+def experiences_argument(n_experiences: Optional[int], num_experiences: Optional[int], default: int, owner: str) -> int:
+    """``n_experiences``, or the deprecated ``num_experiences`` (a warning), or ``default``; both given is an error."""
+    if num_experiences is None:
+        return default if n_experiences is None else int(n_experiences)
+    if n_experiences is not None and int(n_experiences) != int(num_experiences):
+        raise ConfigError(f"{owner}: give n_experiences only (num_experiences={num_experiences} is its deprecated "
+                          f"alias and disagrees with n_experiences={n_experiences})")
+    warnings.warn(f"{owner}(num_experiences=...) is deprecated; use n_experiences (the name every scenario takes)",
+                  DeprecationWarning, stacklevel=3)
+    return int(num_experiences)
 
 
 def check_setting(setting: str, allowed: Sequence[str]) -> None:

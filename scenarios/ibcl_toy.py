@@ -11,12 +11,13 @@ Both are built from tensors directly (no Avalanche); every random choice comes f
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.errors import ConfigError
+from scenarios._base import experiences_argument
 from scenarios.digits import load_digits_tensors
 
 __all__ = ["BinaryDigits", "RotatingBinary"]
@@ -66,7 +67,7 @@ class RotatingBinary(ContinualDataModule):
     """Task ``e`` labels ``x ~ N(0, I_F)`` by ``1[x . u_e > 0]``, ``u_e`` = angle ``e * angle`` in the first two axes.
 
     Args:
-        num_experiences: Number of tasks.
+        n_experiences: Number of tasks (``num_experiences``: its deprecated alias).
         angle: Degrees between consecutive tasks' decision normals (90: conflicting, 0: near-duplicates).
         features: Input width ``F`` (``>= 2``); the extra features are noise.
         train_samples: Training samples per task (before the validation split).
@@ -77,16 +78,18 @@ class RotatingBinary(ContinualDataModule):
     setting = "domain-il"
     task_ids_at_test = False
 
-    def __init__(self, *, num_experiences: int = 2, angle: float = 90.0, features: int = 4, train_samples: int = 400,
-                 test_samples: int = 200, label_noise: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *, n_experiences: Optional[int] = None, angle: float = 90.0, features: int = 4,
+                 train_samples: int = 400, test_samples: int = 200, label_noise: float = 0.0,
+                 num_experiences: Optional[int] = None, **kwargs: Any) -> None:
+        n_experiences = experiences_argument(n_experiences, num_experiences, 2, "RotatingBinary")
         kwargs.setdefault("batch_size", 32)
         super().__init__(**kwargs)
-        if num_experiences < 1 or features < 2 or train_samples < 4 or test_samples < 1:
-            raise ConfigError(f"bad RotatingBinary size: num_experiences={num_experiences}, features={features}, "
+        if n_experiences < 1 or features < 2 or train_samples < 4 or test_samples < 1:
+            raise ConfigError(f"bad RotatingBinary size: n_experiences={n_experiences}, features={features}, "
                               f"train_samples={train_samples}, test_samples={test_samples}")
         if not 0.0 <= label_noise < 0.5:
             raise ConfigError(f"label_noise must be in [0, 0.5), got {label_noise}")
-        self.num_experiences, self.angle, self.features = num_experiences, angle, features
+        self.n_experiences, self.angle, self.features = n_experiences, angle, features
         self.train_samples, self.test_samples, self.label_noise = train_samples, test_samples, label_noise
 
     def _sample(self, n: int, normal: torch.Tensor, index: int, g: torch.Generator) -> TensorData:
@@ -98,7 +101,7 @@ class RotatingBinary(ContinualDataModule):
     def build(self) -> list[Experience]:
         g = torch.Generator().manual_seed(self.seed)
         exps = []
-        for i in range(self.num_experiences):
+        for i in range(self.n_experiences):
             theta = math.radians(i * self.angle)
             normal = torch.zeros(self.features)
             normal[0], normal[1] = math.cos(theta), math.sin(theta)

@@ -11,12 +11,13 @@ All are built through Avalanche generators (``tensors_benchmark``) and the clkit
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 
 import torch
 from torch import Tensor
 
 from clkit.errors import ConfigError
+from scenarios._base import experiences_argument
 from scenarios.avalanche import AvalancheScenario
 
 __all__ = ["ToyPermuted", "ToyShared", "ToySplit", "blobs"]
@@ -38,15 +39,18 @@ def _tensors_benchmark(train: list[tuple[Tensor, Tensor]], test: list[tuple[Tens
 
 
 class _Toy(AvalancheScenario):
-    def __init__(self, *, num_experiences: int = 3, samples_per_class: int = 64, features: int = 8,
-                 spread: float = 0.5, test_fraction: float = 0.25, **kwargs: Any) -> None:
+    def __init__(self, *, n_experiences: Optional[int] = None, samples_per_class: int = 64, features: int = 8,
+                 spread: float = 0.5, test_fraction: float = 0.25, num_experiences: Optional[int] = None,
+                 **kwargs: Any) -> None:
+        """``n_experiences`` defaults to 3; ``num_experiences`` is its deprecated alias."""
+        n_experiences = experiences_argument(n_experiences, num_experiences, 3, type(self).__name__)
         kwargs.setdefault("val_fraction", 0.0)
         kwargs.setdefault("batch_size", 32)
         super().__init__(**kwargs)
-        if num_experiences < 1 or samples_per_class < 4 or features < 1:
-            raise ConfigError(f"bad toy stream size: num_experiences={num_experiences}, "
+        if n_experiences < 1 or samples_per_class < 4 or features < 1:
+            raise ConfigError(f"bad toy stream size: n_experiences={n_experiences}, "
                               f"samples_per_class={samples_per_class}, features={features}")
-        self.num_experiences = num_experiences
+        self.n_experiences = n_experiences
         self.samples_per_class = samples_per_class
         self.features = features
         self.spread = spread
@@ -60,7 +64,7 @@ class _Toy(AvalancheScenario):
 
 
 class ToySplit(_Toy):
-    """``num_experiences × classes_per_experience`` Gaussian blob classes, a disjoint set of classes per experience.
+    """``n_experiences × classes_per_experience`` Gaussian blob classes, a disjoint set of classes per experience.
 
     Args:
         classes_per_experience: Classes in each experience.
@@ -79,9 +83,9 @@ class ToySplit(_Toy):
     def benchmark(self) -> Any:
         g = torch.Generator().manual_seed(self.seed)
         c = self.classes_per_experience
-        x, y = blobs(self.num_experiences * c, self.samples_per_class, self.features, spread=self.spread, generator=g)
+        x, y = blobs(self.n_experiences * c, self.samples_per_class, self.features, spread=self.spread, generator=g)
         train, test = [], []
-        for e in range(self.num_experiences):
+        for e in range(self.n_experiences):
             rows = (y >= e * c) & (y < (e + 1) * c)
             tr, te = self._split(x[rows], y[rows], g)
             train.append(tr)
@@ -106,7 +110,7 @@ class ToyPermuted(_Toy):
         x, y = blobs(self.num_classes_, self.samples_per_class, self.features, spread=self.spread, generator=g)
         tr, te = self._split(x, y, g)
         train, test = [], []
-        for _ in range(self.num_experiences):
+        for _ in range(self.n_experiences):
             perm = torch.randperm(self.features, generator=g)
             train.append((tr[0][:, perm], tr[1]))
             test.append((te[0][:, perm], te[1]))
@@ -141,7 +145,7 @@ class ToyShared(_Toy):
         base = torch.randn(self.num_classes_, self.shared_dim, generator=g)  # (C, k)
         n = self.num_classes_ * self.samples_per_class
         train, test = [], []
-        for _ in range(self.num_experiences):
+        for _ in range(self.n_experiences):
             a = base + self.task_noise * torch.randn(base.shape, generator=g)  # (C, k)
             x = torch.randn(n, self.features, generator=g)  # (N, F)
             y = ((x @ u) @ a.T).argmax(dim=1)  # (N, F)(F, k)(k, C) -> (N, C) -> (N,)

@@ -81,7 +81,7 @@ def main(quick: bool = False, threads: int | None = None) -> None:
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     tasks, samples, epochs, repeats = (3, 300, 2, 10) if quick else (5, 1000, 5, 30)
-    stream = RotatingBinary(num_experiences=tasks, angle=36.0, features=512, train_samples=samples,
+    stream = RotatingBinary(n_experiences=tasks, angle=36.0, features=512, train_samples=samples,
                             test_samples=samples // 2, label_noise=0.05, seed=0, batch_size=32)
     module, fit_seconds = _train_ibcl(stream, epochs, d=0.0)
     p = num_params(module.sizes)

@@ -110,7 +110,7 @@ class _Recording(ExSSNeT):
 
 def bench_long_stream(quick: bool) -> None:
     n = 20 if quick else 100
-    stream = ToySplit(num_experiences=n, classes_per_experience=2, samples_per_class=32, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=n, classes_per_experience=2, samples_per_class=32, setting="task-il", seed=0)
     strategy = _Recording(density=0.05, mask_epochs=1, weight_epochs=1, mask_lr=0.05, weight_lr=0.01)
     start = time.perf_counter()
     run = StreamRun(strategy, stream, trainer_factory(max_epochs=2))

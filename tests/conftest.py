@@ -22,14 +22,14 @@ warnings.filterwarnings("ignore", message=".*LeafSpec.*")
 def toy_stream_for(setting: str, seed: int = 0) -> ToySplit | ToyPermuted:
     """3 experiences × 64 samples per class × 8 features, in the given setting."""
     if setting == "domain-il":
-        return ToyPermuted(num_experiences=3, num_classes=2, seed=seed)
-    return ToySplit(num_experiences=3, classes_per_experience=2, setting=setting, seed=seed)  # type: ignore[arg-type]
+        return ToyPermuted(n_experiences=3, num_classes=2, seed=seed)
+    return ToySplit(n_experiences=3, classes_per_experience=2, setting=setting, seed=seed)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def toy_stream() -> ToySplit:
     """Task-IL: 3 experiences × 2 classes."""
-    return ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
+    return ToySplit(n_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
 
 
 @pytest.fixture

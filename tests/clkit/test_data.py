@@ -44,17 +44,17 @@ def test_validation_split_is_random_seeded_and_disjoint() -> None:
 
 
 def test_task_order_and_seeded_shuffle() -> None:
-    base = ToySplit(num_experiences=4, setting="task-il", seed=1).experiences
-    ordered = ToySplit(num_experiences=4, setting="task-il", seed=1, task_order=[2, 0, 3, 1]).experiences
+    base = ToySplit(n_experiences=4, setting="task-il", seed=1).experiences
+    ordered = ToySplit(n_experiences=4, setting="task-il", seed=1, task_order=[2, 0, 3, 1]).experiences
     assert [e.classes for e in ordered] == [base[i].classes for i in (2, 0, 3, 1)]
     assert [e.index for e in ordered] == [0, 1, 2, 3]
     assert all(bool((e.train.t == e.index).all()) and bool((e.test.t == e.index).all()) for e in ordered)
     assert torch.equal(ordered[0].test.x, base[2].test.x)
-    shuffled = ToySplit(num_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
-    again = ToySplit(num_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
+    shuffled = ToySplit(n_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
+    again = ToySplit(n_experiences=4, setting="task-il", seed=1, shuffle_tasks=True).experiences
     assert [e.classes for e in shuffled] == [e.classes for e in again]
     with pytest.raises(ConfigError, match="permutation"):
-        ToySplit(num_experiences=4, task_order=[0, 1, 1, 2]).experiences
+        ToySplit(n_experiences=4, task_order=[0, 1, 1, 2]).experiences
 
 
 def test_test_passes_add_up_and_reshuffle() -> None:
@@ -63,7 +63,7 @@ def test_test_passes_add_up_and_reshuffle() -> None:
     from clkit.loop import StreamRun, trainer_factory
     from strategies import Naive
 
-    stream = ToySplit(num_experiences=2, setting="task-il", seed=0, eval_batch_size=5)
+    stream = ToySplit(n_experiences=2, setting="task-il", seed=0, eval_batch_size=5)
     orders = [[int(x[0, 0] * 1e4) for x, _, _ in stream.test_dataloader(seed=p)[0]] for p in (0, 1)]
     assert orders[0] != orders[1]  # each pass sees other batches
     pl.seed_everything(0, verbose=False)
@@ -81,7 +81,7 @@ def test_single_experience_stream() -> None:
 
     pl.seed_everything(0, verbose=False)
     naive = Naive(optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.1}})
-    result = StreamRun(naive, ToySplit(num_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3)).run()
+    result = StreamRun(naive, ToySplit(n_experiences=1, setting="class-il", seed=0), trainer_factory(max_epochs=3)).run()
     acc = result.accuracy_matrix
     assert acc.shape == (1, 1) and result.random_init_accuracy.shape == (1,) and float(acc[0, 0]) > 0.6
 
@@ -89,9 +89,9 @@ def test_single_experience_stream() -> None:
 def test_val_split_first_holds_out_the_first_samples() -> None:
     from scenarios.toy import ToySplit
 
-    whole = ToySplit(num_experiences=2, val_fraction=0.0).experiences
-    first = ToySplit(num_experiences=2, val_fraction=0.25, val_split="first").experiences
-    rand = ToySplit(num_experiences=2, val_fraction=0.25).experiences
+    whole = ToySplit(n_experiences=2, val_fraction=0.0).experiences
+    first = ToySplit(n_experiences=2, val_fraction=0.25, val_split="first").experiences
+    rand = ToySplit(n_experiences=2, val_fraction=0.25).experiences
     for w, f, r in zip(whole, first, rand):
         n_val = len(f.val)  # type: ignore[arg-type]
         assert torch.equal(f.val.x, w.train.x[:n_val]) and torch.equal(f.train.x, w.train.x[n_val:])  # type: ignore

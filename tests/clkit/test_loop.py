@@ -13,7 +13,7 @@ SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
 
 
 def test_class_il_records_task_aware_accuracy_from_the_same_run() -> None:
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
     result = fit_stream(Naive(optimizer=SGD, seed=0), stream, trainer_factory(max_epochs=2))
     agnostic, aware = result.accuracy_matrix, result.task_aware_accuracy_matrix
     assert aware is not None and aware.shape == agnostic.shape
@@ -34,7 +34,7 @@ def test_class_il_records_task_aware_accuracy_from_the_same_run() -> None:
 
 
 def test_other_settings_have_no_task_aware_matrix_and_record_the_environment() -> None:
-    stream = ToySplit(num_experiences=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=2, setting="task-il", seed=0)
     result = fit_stream(Naive(optimizer=SGD, seed=0), stream, trainer_factory(max_epochs=1))
     results = result.results()
     assert results["task_aware_accuracy_matrix"] is None and results["evaluation"]["mode"] == "task-aware"
@@ -56,7 +56,7 @@ def test_a_resume_under_another_thread_count_warns(tmp_path) -> None:  # type: i
             raise Stop
         return make(i, **kw)
 
-    stream = ToySplit(num_experiences=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=2, setting="task-il", seed=0)
     before = torch.get_num_threads()
     with pytest.raises(Stop):
         StreamRun(Naive(optimizer=SGD, seed=0), stream, stop_at_1, run_dir=tmp_path).run()

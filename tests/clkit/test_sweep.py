@@ -33,7 +33,7 @@ EWC = {"class_path": "strategies.EWC", "init_args": {"optimizer": SGD, "ewc_lamb
 def base(n_exp: int = 3) -> dict[str, Any]:
     return {"seed_everything": 0, "model": NAIVE,
             "data": {"class_path": "scenarios.ToySplit",
-                     "init_args": {"num_experiences": n_exp, "classes_per_experience": 2, "setting": "task-il",
+                     "init_args": {"n_experiences": n_exp, "classes_per_experience": 2, "setting": "task-il",
                                    "seed": "${seed_everything}", "val_fraction": 0.0}},
             "trainer": {"max_epochs": 1, "accelerator": "cpu", "devices": 1, "enable_model_summary": False}}
 

@@ -31,7 +31,7 @@ def _script() -> ModuleType:
 
 @pytest.mark.parametrize("suffix", [".pt", ".npz"])
 def test_round_trip(tmp_path: Path, suffix: str) -> None:
-    toy = ToySplit(num_experiences=3, setting="task-il", val_fraction=0.2, seed=1)
+    toy = ToySplit(n_experiences=3, setting="task-il", val_fraction=0.2, seed=1)
     path = save_feature_file(tmp_path / f"f{suffix}", toy.experiences, setting="task-il", task_ids_at_test=True,
                              class_names=[f"c{i}" for i in range(6)])
     stream = FeatureStream(path=str(path))
@@ -64,7 +64,7 @@ def test_val_fraction_fills_only_missing_validation_parts(tmp_path: Path) -> Non
     path = save_feature_file(tmp_path / "s.pt", _shared(), setting="domain-il", task_ids_at_test=False)
     exps = FeatureStream(path=str(path), val_fraction=0.2, seed=4).experiences
     assert all(len(e.train) == 8 and e.val is not None and len(e.val) == 2 for e in exps)
-    toy = ToyPermuted(num_experiences=2, val_fraction=0.25)
+    toy = ToyPermuted(n_experiences=2, val_fraction=0.25)
     path = save_feature_file(tmp_path / "v.pt", toy.experiences, setting="domain-il", task_ids_at_test=False)
     kept = FeatureStream(path=str(path), val_fraction=0.5).experiences
     assert torch.equal(kept[1].val.x, toy.experiences[1].val.x)  # type: ignore[union-attr]
@@ -141,7 +141,7 @@ def test_missing_imagenet_weights_say_how_to_provide_them(fake_root: Path, tmp_p
 def test_feature_stream_trains_end_to_end_with_clkit_fit(tmp_path: Path) -> None:
     from clkit.cli import main
 
-    toy = ToySplit(num_experiences=3, setting="task-il", val_fraction=0.2, seed=0)
+    toy = ToySplit(n_experiences=3, setting="task-il", val_fraction=0.2, seed=0)
     path = save_feature_file(tmp_path / "toy.pt", toy.experiences, setting="task-il", task_ids_at_test=True)
     main(["fit", "--data", "scenarios.features.FeatureStream", "--data.init_args.path", str(path),
           "--run_dir", str(tmp_path / "run"), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"])

@@ -26,7 +26,7 @@ SCENARIOS: list[tuple[str, dict[str, Any]]] = [  # (class in `scenarios`, kwargs
 def _make(name: str, root: Path, tmp: Path, **kw: Any) -> ContinualDataModule:
     cls = getattr(scenarios, name)
     if name == "FeatureStream":
-        toy = scenarios.ToySplit(num_experiences=4, setting="task-il", val_fraction=0.2)
+        toy = scenarios.ToySplit(n_experiences=4, setting="task-il", val_fraction=0.2)
         path = tmp / "toy.pt"
         if not path.exists():
             save_feature_file(path, toy.experiences, setting="task-il", task_ids_at_test=True)

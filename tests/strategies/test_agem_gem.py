@@ -15,7 +15,7 @@ from tests.strategies.kwargs import sgd
 
 def _bound(cls: type, **kwargs: object) -> AGEM | GEM:
     model = cls(optimizer=sgd(0.1), seed=0, **kwargs)
-    model.bind(ToySplit(num_experiences=2, classes_per_experience=2, seed=0).spec)
+    model.bind(ToySplit(n_experiences=2, classes_per_experience=2, seed=0).spec)
     return model
 
 
@@ -62,7 +62,7 @@ def test_gem_qp_satisfies_every_constraint_and_matches_agem_for_one_memory() -> 
 @pytest.mark.parametrize("cls", [AGEM, GEM])
 def test_memory_holds_past_experiences_within_the_budget(cls: type) -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
     result = fit_stream(cls(optimizer=sgd(0.05), buffer_size=30), stream, trainer_factory(max_epochs=1))
     strategy = result.strategy
     assert strategy.buffer_len == 30  # 6 classes x 5

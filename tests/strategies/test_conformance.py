@@ -25,8 +25,8 @@ HOOKS = ("on_experience_start", "on_experience_end", "transform_gradients")
 def stream_for(setting: str) -> ContinualDataModule:
     """3 experiences x 2 classes x 8 features, with validation splits."""
     if setting == "domain-il":
-        return ToyPermuted(num_experiences=3, num_classes=2, seed=0, val_fraction=0.2)
-    return ToySplit(num_experiences=3, classes_per_experience=2, setting=setting, seed=0,  # type: ignore[arg-type]
+        return ToyPermuted(n_experiences=3, num_classes=2, seed=0, val_fraction=0.2)
+    return ToySplit(n_experiences=3, classes_per_experience=2, setting=setting, seed=0,  # type: ignore[arg-type]
                     val_fraction=0.2)
 
 

@@ -13,7 +13,7 @@ from tests.strategies.kwargs import sgd
 
 def test_stored_logits_are_the_trajectorys_not_the_final_networks() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
     result = fit_stream(DER(optimizer=sgd(0.1), buffer_size=16, alpha=0.5, beta=0.5), stream,
                         trainer_factory(max_epochs=2))
     der = result.strategy
@@ -26,7 +26,7 @@ def test_stored_logits_are_the_trajectorys_not_the_final_networks() -> None:
 
 
 def test_alpha_zero_and_beta_zero_is_plain_fine_tuning() -> None:
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
     from strategies import Naive
 
     matrices = []

@@ -29,7 +29,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _stream(n: int = 3, **kwargs: Any) -> ToySplit:
-    return ToySplit(num_experiences=n, classes_per_experience=2, setting="task-il", seed=0, **kwargs)
+    return ToySplit(n_experiences=n, classes_per_experience=2, setting="task-il", seed=0, **kwargs)
 
 
 class _Spy(ExSSNeT):

@@ -150,7 +150,7 @@ def test_plateau_decay_schedule() -> None:
 
 def test_early_stopping_restores_the_best_validation_state() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0, val_fraction=0.3,
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="task-il", seed=0, val_fraction=0.3,
                       spread=1.5)
     strategy = GPM(optimizer=sgd(2.0), lr_patience=1, lr_factor=4.0, lr_min=0.05)
     seen: list[tuple[float, dict[str, torch.Tensor], float]] = []
@@ -205,7 +205,7 @@ def test_protocol_networks_give_the_spec_representation_shapes() -> None:
 
 
 def test_faithful_projects_with_the_official_formula_even_where_the_complement_is_cheaper() -> None:
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
     runs = {}
     for faithful in (False, True):
         pl.seed_everything(0, verbose=False)

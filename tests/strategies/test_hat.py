@@ -17,7 +17,7 @@ from tests.strategies.kwargs import sgd
 
 
 def test_hat_forgets_far_less_than_fine_tuning_and_keeps_masked_weights() -> None:
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0, spread=1.0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="task-il", seed=0, spread=1.0)
     bwts = {}
     for name, make in (("hat", lambda: HAT(optimizer=sgd(0.1), backbone=MLP(hidden=[64, 64]), s_max=400.0)),
                        ("naive", lambda: Naive(optimizer=sgd(0.1), backbone=MLP(hidden=[64, 64])))):

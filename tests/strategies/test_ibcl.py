@@ -41,7 +41,7 @@ def _train(stream: RotatingBinary, epochs: int = 5, run_dir: Path | None = None,
 @pytest.fixture(scope="module")
 def conflicting() -> RotatingBinary:
     """Two tasks with orthogonal decision normals: no linear model solves both."""
-    return RotatingBinary(num_experiences=2, angle=90.0, seed=0)
+    return RotatingBinary(n_experiences=2, angle=90.0, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_one_hot_preference_reproduces_the_task_posterior_mean(trained: tuple[IB
         theta = module.generate_theta(w, mode="mean")
         task_mean = torch.stack([module.kb.mus[s] for s in module.kb.slots[task]]).mean(0)  # the m chains' average
         assert torch.allclose(theta, task_mean, atol=1e-6)
-    single = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0), epochs=1, prior_stds=[1.0])
+    single = _train(RotatingBinary(n_experiences=2, angle=90.0, seed=0), epochs=1, prior_stds=[1.0])
     assert torch.equal(single.generate_theta([0.0, 1.0], mode="mean"), single.kb.mus[1])  # m = 1: the posterior
 
 
@@ -85,7 +85,7 @@ def test_accuracy_on_a_task_rises_with_its_preference_weight(trained: tuple[IBCL
 
 
 def test_knowledge_base_grows_sublinearly_on_near_duplicate_tasks() -> None:
-    stream = RotatingBinary(num_experiences=4, angle=0.0, seed=1, train_samples=200)
+    stream = RotatingBinary(n_experiences=4, angle=0.0, seed=1, train_samples=200)
     full = _train(stream, epochs=2, d=0.0, num_preferences=1, num_samples=2)
     pruned = _train(stream, epochs=2, d=0.5, num_preferences=1, num_samples=2)
     m, tasks, p = len(STDS), 4, full.kb.mus[0].numel()
@@ -190,14 +190,14 @@ def test_faithful_mode_switches_every_row() -> None:
     assert IBCL().opts == dataclasses.replace(opts, **{k: getattr(IBCL().opts, k) for k in (*_FAITHFUL, "alpha")})
     mixed = IBCL(faithful=True, objective="elbo", alpha=0.1, alpha_convention="paper").opts
     assert mixed.objective == "elbo" and mixed.alpha == pytest.approx(0.1) and mixed.distance == "official"
-    module = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+    module = _train(RotatingBinary(n_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
                     faithful=True)
     assert module.posterior is not None and module.stage_results[-1]["selection"] == "test-oracle"
     assert all(len(set(row)) <= 3 for row in module.kb.slots)
 
 
 def test_mixture_combination_end_to_end() -> None:
-    module = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+    module = _train(RotatingBinary(n_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
                     combine="mixture", n_hdr_samples=400, alpha=0.1)
     theta = module.generate_theta([0.5, 0.5], mode="sample")
     beta = combination_weights([0.5, 0.5], module.kb.slots, len(module.kb))

@@ -25,7 +25,7 @@ def test_herding_keeps_the_running_mean_closest_to_the_class_mean() -> None:
 
 def test_nearest_mean_classifier_and_exemplars() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="class-il", seed=0)
     result = fit_stream(ICaRL(optimizer=sgd(0.1), buffer_size=30), stream, trainer_factory(max_epochs=3))
     icarl = result.strategy
     assert sorted(torch.bincount(icarl.buffer["y"]).tolist()) == [5] * 6 and bool(icarl.means_valid.all())

@@ -20,7 +20,7 @@ def test_distillation_is_minimal_when_the_student_copies_the_teacher() -> None:
 def _old_class_kl(lambda_old: float) -> float:
     """KL between the old classes' softmax (T=2) before and after the second experience, on its data."""
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="class-il", seed=0)
     strategy = LwF(optimizer=sgd(0.1), lambda_old=lambda_old, seed=0)
     snapshots = []
     original = strategy.on_experience_end

@@ -11,7 +11,7 @@ from strategies.mas import MAS, output_sensitivity
 
 def test_importance_is_the_mean_absolute_per_sample_gradient_of_the_squared_output_norm() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
     stream.setup()
     model = MAS(seed=0)
     model.bind(stream.spec)

@@ -13,7 +13,7 @@ from tests.strategies.kwargs import sgd
 
 def test_updates_are_orthogonal_to_the_stored_gradients() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToyPermuted(num_experiences=2, num_classes=2, seed=0)
+    stream = ToyPermuted(n_experiences=2, num_classes=2, seed=0)
     strategy = OGD(optimizer=sgd(0.05), gradients_per_task=20, seed=0)
     after_first: list[torch.Tensor] = []
     original = strategy.on_experience_end

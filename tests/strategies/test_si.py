@@ -19,7 +19,7 @@ def _loss(strategy: SI, stream: ToySplit) -> float:
 
 def test_path_integral_matches_the_loss_decrease_and_sets_the_importance() -> None:
     pl.seed_everything(0, verbose=False)
-    stream = ToySplit(num_experiences=1, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=1, classes_per_experience=2, setting="task-il", seed=0)
     stream.setup()
     strategy = SI(optimizer=sgd(0.01), c=0.5, xi=0.1, seed=0)
     strategy.bind(stream.spec)

@@ -28,7 +28,7 @@ def _one_thread() -> Iterator[None]:
 
 
 def _stream(**kwargs: Any) -> ToySplit:
-    return ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0, **kwargs)
+    return ToySplit(n_experiences=3, classes_per_experience=2, setting="task-il", seed=0, **kwargs)
 
 
 class _Spy(SupSup):
@@ -76,7 +76,7 @@ def test_no_forgetting_fixed_weights_and_packed_masks() -> None:
 
 
 def test_state_bytes_count_masks_union_and_bn() -> None:
-    stream = ToySplit(num_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=2, classes_per_experience=2, setting="task-il", seed=0)
     strategy = SupSup(optimizer=adam(0.05, 1e-4), density=0.3, backbone=MaskedMLP(hidden=[32, 16]))
     StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
     per_task_bits = sum((n + 7) // 8 for n in (8 * 32, 32 * 16, 16 * 2))  # two hidden layers + masked head
@@ -127,7 +127,7 @@ def test_rejects_bad_config_and_settings() -> None:
     with pytest.raises(ConfigError, match="task_inference"):
         SupSup(task_inference="maybe")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="task-il"):
-        SupSup().bind(ToySplit(num_experiences=2, setting="class-il", seed=0).spec)
+        SupSup().bind(ToySplit(n_experiences=2, setting="class-il", seed=0).spec)
     with pytest.raises(ConfigError, match="density"):
         SupSup(density=0.0)
 

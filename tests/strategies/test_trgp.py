@@ -101,7 +101,7 @@ def test_faithful_switch() -> None:
 
 
 def test_faithful_fixes_the_third_experience_trust_region_to_task_1() -> None:
-    stream = ToySplit(num_experiences=4, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=4, classes_per_experience=2, setting="task-il", seed=0)
     runs = {}
     for faithful in (False, True):
         strategy = _trgp(faithful=faithful, eps_proj=0.0)  # every old task qualifies: top-2 by projection norm
@@ -142,7 +142,7 @@ def test_input_side_scaling_equals_the_scaled_weight(with_products: bool) -> Non
 
 
 def test_small_and_large_batches_see_the_same_scaled_model() -> None:
-    stream = ToySplit(num_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
+    stream = ToySplit(n_experiences=3, classes_per_experience=2, setting="task-il", seed=0)
     strategy = _trgp(eps_proj=0.0)
     StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
     strategy.eval()
