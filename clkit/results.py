@@ -12,7 +12,6 @@ import torch
 from torch import Tensor
 
 import clkit
-from clkit._io import replace_atomic
 from clkit._io import write_json_atomic as write_json
 from clkit.data import StreamSpec
 from clkit.errors import DataError
@@ -158,40 +157,27 @@ def read_results(path: Path) -> dict[str, Any]:
     return data
 
 
-def plot_matrix(path: Path, matrix: Tensor, title: str = "") -> None:
-    """Heat map of the accuracy matrix with the values written in the cells."""
-    import matplotlib
+def plot_matrix(path: Path, matrix: Tensor, title: str = "", names: Optional[list[str]] = None) -> list[Path]:
+    """The accuracy matrix as ``path`` (PNG) and a PDF beside it (see :mod:`clkit.figures`)."""
+    from clkit.figures import matrix_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return save_figure(matrix_figure(matrix, names, title=title), path)
 
-    t = matrix.shape[0]
-    size = 2.5 + 0.55 * t
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    im = ax.imshow(matrix.numpy(), vmin=0.0, vmax=1.0, cmap="viridis")
-    if t <= 20:
-        for i in range(t):
-            for j in range(t):
-                v = float(matrix[i, j])
-                if not math.isnan(v):
-                    ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8,
-                            color="black" if v > 0.6 else "white")
-    ax.set_xlabel("test experience j")
-    ax.set_ylabel("after training experience i")
-    ax.set_xticks(range(t))
-    ax.set_yticks(range(t))
-    ax.set_title(title, fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="accuracy")
-    fig.tight_layout()
-    replace_atomic(lambda tmp: fig.savefig(tmp, dpi=110), path)
-    plt.close(fig)
+
+def plot_stream(path: Path, matrix: Tensor, title: str = "", names: Optional[list[str]] = None) -> list[Path]:
+    """Accuracy on each task after each experience (the stream plot), as a PNG and a PDF."""
+    from clkit.figures import save_figure, stream_figure
+
+    return save_figure(stream_figure([matrix], names, title=title), path)
 
 
 def write_run_outputs(run_dir: Path, results: dict[str, Any]) -> None:
-    """``results.json`` and ``accuracy_matrix.png`` in ``run_dir``."""
+    """``results.json``, ``accuracy_matrix.{png,pdf}`` and ``stream.{png,pdf}`` in ``run_dir``."""
     write_json(run_dir / "results.json", results)
     m = results["metrics"]
     title = (f"{results['strategy']} on {results['scenario']} (seed {results['seed']})\n"
              f"acc {m['acc']:.3f}  bwt {m['bwt']:+.3f}  fwt {m['fwt']:+.3f}  forgetting {m['forgetting']:.3f}")
     matrix = torch.tensor([[math.nan if v is None else v for v in row] for row in results["accuracy_matrix"]])
-    plot_matrix(run_dir / "accuracy_matrix.png", matrix, title)
+    names = [str(p.get("name", "")) for p in results.get("per_experience", [])] or None
+    plot_matrix(run_dir / "accuracy_matrix.png", matrix, title, names)
+    plot_stream(run_dir / "stream.png", matrix, title.split("\n")[0], names)

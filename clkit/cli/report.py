@@ -78,7 +78,9 @@ def format_runs(files: list[Path]) -> str:
     if not rows:
         raise DataError("no readable results.json: " + "; ".join(s[2:] for s in skipped))
     table = _markdown_table(head, rows)
-    return table + (f"\n\nSkipped {len(skipped)} unreadable run(s):\n" + "\n".join(skipped) if skipped else "")
+    if not skipped:
+        return table
+    return table + f"\n\nSkipped {len(skipped)} run(s), unreadable or smoke tests:\n" + "\n".join(skipped)
 
 
 def _cell(group: Group, column: str) -> str:
@@ -116,7 +118,9 @@ def _markdown(paths: list[Path], columns: list[str], names: dict[str, str], grou
     lines.append(_markdown_table(head, rows))
     if plots:
         lines += ["", "![acc and bwt, mean ± std over seeds](report_bars.png)", "",
-                  "![mean accuracy matrices](report_matrices.png)"]
+                  "![mean accuracy matrices](report_matrices.png)", "",
+                  "![accuracy on each task after each experience](report_stream.png)",
+                  "", "(each figure also as a PDF beside the PNG)"]
     failed = [r for r in runs if r.state == "failed"]
     if failed:
         lines += ["", "## Failed runs", "", _markdown_table(
@@ -134,7 +138,7 @@ def sweep_report(paths: list[Path], out: Path | None = None, over: list[str] | N
         paths: Sweep directories (merged).
         out: Output directory; default the first sweep directory.
         over: Grid keys to average over; default the seed keys (``seed_everything``, ``*.seed``).
-        plots: Also write ``report_bars.png`` and ``report_matrices.png``.
+        plots: Also write ``report_bars``, ``report_matrices`` and ``report_stream`` (PNG and PDF each).
 
     Returns:
         ``{"markdown", "csv", "columns", "groups", "runs", "files"}``.
@@ -150,11 +154,11 @@ def sweep_report(paths: list[Path], out: Path | None = None, over: list[str] | N
     write_text_atomic(files[0], markdown)
     write_text_atomic(files[1], table)
     if plots and any(g.done for g in groups):
-        from clkit.cli.plots import plot_bars, plot_matrix_grid
+        from clkit.cli.plots import plot_bars, plot_matrix_grid, plot_stream_grid
 
-        files += [out / "report_bars.png", out / "report_matrices.png"]
-        plot_bars(files[2], groups, columns[2:], ", ".join(names[c] for c in columns[2:]))
-        plot_matrix_grid(files[3], groups, columns[1:])
+        files += plot_bars(out / "report_bars.png", groups, columns[2:], ", ".join(names[c] for c in columns[2:]))
+        files += plot_matrix_grid(out / "report_matrices.png", groups, columns[1:])
+        files += plot_stream_grid(out / "report_stream.png", groups, columns[1:])
     return {"markdown": markdown, "csv": table, "columns": columns, "groups": groups, "runs": runs, "files": files}
 
 

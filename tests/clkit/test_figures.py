@@ -1,0 +1,88 @@
+"""Paper-ready figures: vector + >= 200 dpi PNG, percent throughout, task names on ticks, future cells marked, zoomed
+report bars that state seeds and setting, and the stream plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clkit.figures import matrix_figure, save_figure, stream_figure
+
+NAMES = ["classes 0,1", "classes 2,3", "classes 4,5"]
+R = np.array([[0.90, 0.50, 0.45], [0.85, 0.95, 0.52], [0.80, 0.90, 0.97]])
+
+
+def test_matrix_figure_percent_task_names_and_hatched_future_cells() -> None:
+    from matplotlib.patches import Rectangle
+
+    fig = matrix_figure(R, NAMES, title="t")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0,1", "2,3", "4,5"]
+    assert "classes" in ax.get_xlabel() and "classes" in ax.get_ylabel()
+    cells = sorted(t.get_text() for t in ax.texts)
+    assert cells == sorted(f"{100 * v:.0f}" for v in R.ravel())  # percent in the cells ...
+    assert fig.axes[1].get_ylabel() == "accuracy (%)" and fig.axes[1].get_ylim()[1] == 100.0  # ... and on the bar
+    hatched = [p for p in ax.patches if isinstance(p, Rectangle) and p.get_hatch()]
+    assert sorted((round(p.get_y() + 0.5), round(p.get_x() + 0.5)) for p in hatched) == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_a_stream_in_progress_leaves_the_rows_not_reached_empty() -> None:
+    fig = matrix_figure(R, NAMES, upto=0)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == sorted(f"{100 * v:.0f}" for v in R[0])
+
+
+def test_save_figure_writes_a_pdf_and_a_png_of_at_least_200_dpi(tmp_path: Path) -> None:
+    from PIL import Image
+
+    png, pdf = save_figure(matrix_figure(R, NAMES), tmp_path / "m.png")
+    assert pdf.read_bytes().startswith(b"%PDF")
+    dpi = Image.open(png).info["dpi"]
+    assert min(dpi) >= 199.5
+
+
+def test_stream_figure_a_line_per_task_from_its_own_experience_and_the_average() -> None:
+    runs = [R, R - 0.02, R + 0.02]
+    fig = stream_figure(runs, NAMES)
+    ax = fig.axes[0]
+    lines = ax.get_lines()
+    assert len(lines) == 4  # a task each, and the average over the tasks seen
+    for j, line in enumerate(lines[:3]):
+        assert list(line.get_xdata()) == list(range(j, 3))
+        assert np.allclose(line.get_ydata(), 100 * R[j:, j])  # the mean over runs, in percent
+    seen = [R[i, : i + 1].mean() * 100 for i in range(3)]
+    assert np.allclose(lines[3].get_ydata(), seen)
+    assert ax.get_ylabel() == "test accuracy (%)" and "3 runs" in ax.get_title()
+    assert len(ax.collections) == 4  # the std bands
+
+
+def test_report_bars_are_zoomed_and_state_seeds_and_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clkit.cli.aggregate import Group, SweepRun
+    from clkit.cli.plots import plot_bars
+
+    def run(strategy: str, acc: float, seed: int) -> SweepRun:
+        res = {"strategy": strategy, "scenario": "SplitDigits", "setting": "task-il",
+               "evaluation": {"mode": "task-aware"}, "accuracy_matrix": R.tolist(),
+               "metrics": {"acc": acc, "bwt": -0.01, "fwt": 0.0, "forgetting": 0.01}}
+        return SweepRun(f"{strategy}{seed}", tmp_path, {"strategy": strategy, "scenario": "SplitDigits"}, "done", res)
+
+    groups = [Group({"strategy": s, "scenario": "SplitDigits"}, [run(s, a + 0.01 * k, k) for k in range(5)])
+              for s, a in (("Naive", 0.95), ("GPM", 0.97))]
+    import matplotlib.pyplot as plt
+
+    captured = {}
+    original = plt.Figure.savefig
+
+    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
+        captured["fig"] = self
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    files = plot_bars(tmp_path / "bars.png", groups, [])
+    assert [f.suffix for f in files] == [".png", ".pdf"]
+    acc_ax, bwt_ax = captured["fig"].axes[:2]
+    low, high = acc_ax.get_ylim()
+    assert 80 < low < 95 and high <= 100  # zoomed on the values, in percent
+    assert acc_ax.get_ylabel() == "ACC (%)" and bwt_ax.get_ylabel() == "BWT (pts)"
+    assert "5 seeds" in acc_ax.get_title() and "task-il" in acc_ax.get_title() and "task-aware" in acc_ax.get_title()
