@@ -21,6 +21,7 @@ _EXPORTS = {
     "StreamResult": "clkit.results",
     "StreamRun": "clkit.loop",
     "fit_stream": "clkit.loop",
+    "reevaluate": "clkit.reevaluation",
     "trainer_factory": "clkit.loop",
 }
 

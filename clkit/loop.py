@@ -16,7 +16,8 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -99,6 +100,11 @@ class StreamRun:
         self.spec: Optional[StreamSpec] = None
 
     @property
+    def steps_done(self) -> int:
+        """Optimizer steps of the finished experiences (a stream-wide step for loggers)."""
+        return sum(int(p.get("steps", 0)) for p in self.per_experience)
+
+    @property
     def checkpoint_dir(self) -> Optional[Path]:
         return None if self.run_dir is None else Path(self.run_dir) / "checkpoints"
 
@@ -130,14 +136,17 @@ class StreamRun:
         for i in range(first, t):
             t0 = time.perf_counter()
             trainer = self._trainer(i, **strategy.trainer_overrides(exps[i]))
+            if hasattr(self.logger, "start_experience"):
+                self.logger.start_experience(i, self.steps_done)
             device = trainer.strategy.root_device
-            with forked_rng(derive_seed(strategy.seed, "experience", i), device):
+            with forked_rng(derive_seed(strategy.seed, "experience", i), device), precision_errors(strategy, trainer):
                 train, val = self._fit(trainer, i)
                 train_seconds = time.perf_counter() - t0
                 self._evaluate(trainer, row=i)
             self.per_experience.append({"experience": i, "name": exps[i].name, "classes": list(exps[i].classes),
                                         "train_seconds": round(train_seconds, 4), "epochs": int(trainer.current_epoch),
-                                        "train_samples": len(train), "val_samples": 0 if val is None else len(val)})
+                                        "steps": int(trainer.global_step), "train_samples": len(train),
+                                        "val_samples": 0 if val is None else len(val)})
             self._log_row(i)
             if self.verbose and trainer.is_global_zero:
                 self._announce(i, train_seconds)
@@ -150,7 +159,9 @@ class StreamRun:
     def _trainer(self, i: int, **overrides: Any) -> pl.Trainer:
         """``make_trainer(i, **overrides)``; Lightning's complaints about the settings become one-line errors."""
         try:
-            return self.make_trainer(i, **overrides)
+            trainer = self.make_trainer(i, **overrides)
+            _ddp_for(self.strategy, trainer)
+            return trainer
         except (ValueError, TypeError) as err:
             raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
         except Exception as err:
@@ -279,8 +290,20 @@ class StreamRun:
         scalars = {f"exp{j}/acc": float(a) for j, a in enumerate(row)}
         block = self.accuracy_matrix[: i + 1, : i + 1]
         scalars.update({f"stream/{k}": v for k, v in stream_metrics(block, self.random_init_accuracy[: i + 1]).items()})
-        self.logger.log_metrics(scalars, step=i)
-        self.logger.save()
+        if hasattr(self.logger, "log_row"):  # clkit's loggers: a stream-wide step and the matrix figure
+            figure = None
+            if getattr(self.logger, "others", None):
+                from clkit.figures import matrix_figure
+
+                figure = matrix_figure(self.accuracy_matrix, [e.name for e in self.stream.experiences], upto=i)
+            self.logger.log_row(i, scalars, self.steps_done, figure)
+            if figure is not None:
+                import matplotlib.pyplot as plt
+
+                plt.close(figure)
+        else:
+            self.logger.log_metrics(scalars, step=i)
+            self.logger.save()
 
     # -- checkpoints ----------------------------------------------------------------------------------------------
     def _save(self, i: int, is_global_zero: bool) -> None:
@@ -359,6 +382,40 @@ class StreamRun:
             text = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items())
             warnings.warn(f"resuming {path.parent.parent} with a different {text}: the remaining experiences may not "
                           "reproduce an uninterrupted run's numbers exactly", stacklevel=2)
+
+
+PRECISIONS = ("32-true", "64-true", "bf16-mixed")
+"""Precisions every shipped strategy is tested in (``tests/strategies/test_precision.py``)."""
+_DTYPE_ERRORS = ("not implemented for 'BFloat16'", "not implemented for 'Half'", "must have the same dtype",
+                 "to have the same dtype", "should be the same", "expected scalar type", "Input type")
+
+
+@contextmanager
+def precision_errors(strategy: ContinualModule, trainer: pl.Trainer) -> Iterator[None]:
+    """An operation that the Trainer's precision does not support becomes one line naming the strategy, the
+    precision and the ones it is tested in (instead of a traceback from deep in a CL hook)."""
+    try:
+        yield
+    except (NotImplementedError, RuntimeError) as err:
+        text = str(err).splitlines()[0] if str(err) else type(err).__name__
+        precision = str(getattr(trainer.strategy.precision_plugin, "precision", "?"))
+        if precision not in ("32-true", "32") and any(m in text for m in _DTYPE_ERRORS):
+            raise ConfigError(f"{type(strategy).__name__} does not run in trainer.precision={precision} ({text}); "
+                              f"valid: {', '.join(PRECISIONS)}") from None
+        raise
+
+
+def _ddp_for(strategy: ContinualModule, trainer: pl.Trainer) -> None:
+    """Under DDP, a strategy whose steps leave parameters without gradients (the other tasks' heads in task-IL,
+    frozen or masked weights: :attr:`ContinualModule.unused_parameters`) needs ``find_unused_parameters``; the loop
+    turns it on rather than letting DDP fail at the first step. An explicit ``ddp`` strategy object is left alone
+    unless it is Lightning's default."""
+    from pytorch_lightning.strategies import DDPStrategy
+
+    ddp = trainer.strategy
+    if isinstance(ddp, DDPStrategy) and strategy.unused_parameters and \
+            not ddp._ddp_kwargs.get("find_unused_parameters", False):
+        ddp._ddp_kwargs["find_unused_parameters"] = True
 
 
 def check_trainer(trainer: pl.Trainer) -> None:

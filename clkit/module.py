@@ -125,6 +125,13 @@ class ContinualModule(pl.LightningModule):
         return self.setting == "task-il"
 
     @property
+    def unused_parameters(self) -> bool:
+        """Whether a training step may leave trainable parameters without a gradient (the other tasks' heads in
+        task-IL). Under DDP the loop then asks for ``find_unused_parameters``; override for other cases (masks,
+        parameters frozen part-way)."""
+        return self.multi_head
+
+    @property
     def classes_per_task(self) -> list[int]:
         return [] if self.spec is None else list(self.spec.classes_per_experience)
 
@@ -214,7 +221,12 @@ class ContinualModule(pl.LightningModule):
     # -- forward --------------------------------------------------------------------------------------------------
     def features(self, x: Tensor) -> Tensor:
         assert self.backbone is not None, "call bind(spec) first"
-        return self.backbone(x)
+        return self.backbone(self.cast_input(x))
+
+    def cast_input(self, x: Tensor) -> Tensor:
+        """``x`` in the parameters' dtype when the Trainer converted the module (``precision="64-true"`` or
+        ``"bf16-true"``) and the batch did not come through Lightning (a CL hook's own pass over an experience)."""
+        return x.to(self.dtype) if x.is_floating_point() and x.dtype != self.dtype else x
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Logits for inputs ``x`` (N, ...) of tasks ``t`` (N,); task-IL pads narrower heads with -inf."""
@@ -268,8 +280,8 @@ class ContinualModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, t = batch
         logits = self(x, t)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
-        self.log("val/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.log("val/acc", (logits.argmax(-1) == y).float().mean(), prog_bar=True, sync_dist=True)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs

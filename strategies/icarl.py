@@ -127,7 +127,8 @@ class ICaRL(Rehearsal):
     # -- nearest mean of exemplars --------------------------------------------------------------------------------
     def _distances(self, x: Tensor) -> Tensor:
         """(N, C) distances of ``x``'s normalised features to every class mean; +inf for classes without one."""
-        d = torch.cdist(self.normalised_features(x), self.class_means.to(x.device))
+        f = self.normalised_features(x)
+        d = torch.cdist(f, self.class_means.to(f))  # (the means may be float32 under a float64 trainer)
         return d.masked_fill(~self.means_valid.to(x.device), float("inf"))
 
     def predict(self, x: Tensor, t: Tensor) -> Tensor:

@@ -12,12 +12,14 @@ from typing import Optional
 
 from clkit.errors import ClkitError, ConfigError
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "main", "version_line"]
 
-USAGE = """usage: clkit {fit,report,sweep,ibcl-generate} ...
+USAGE = """usage: clkit {fit,test,report,sweep,ibcl-generate} ... | clkit --version
 
   clkit fit [--config CFG.yaml] [--key value ...] [--run_dir DIR] [--resume RUN_DIR] [--print_config]
       run one experiment; without --config, the embedded default (SplitDigits, offline)
+  clkit test RUN_DIR [--out FILE] [--key value ...]
+      re-evaluate a finished run from its checkpoints (no training); overrides change e.g. the test data
   clkit report RUN_OR_SWEEP_DIR ...
       print a table of runs (mean ± std over seeds for sweeps)
   clkit sweep SWEEP.yaml [--workers N] [--shard i/n]
@@ -30,9 +32,28 @@ COMMANDS = {
     "fit": "clkit.cli.fit:run_fit",
     "report": "clkit.cli.report:main",
     "sweep": "clkit.cli.sweep:main",
+    "test": "clkit.cli.test:main",
     "ibcl-generate": "strategies.ibcl.cli:main",
 }
 """Command name -> ``module:function`` taking the remaining arguments."""
+
+
+def version_line() -> str:
+    """``clkit 0.2.0 (python 3.11.7, torch 2.14.1, pytorch-lightning 2.6.6, avalanche-lib 0.6.0)``, read from the
+    installed distributions (without importing torch)."""
+    import platform
+    from importlib import metadata
+
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    from clkit import __version__
+
+    deps = ", ".join(f"{d} {version(d)}" for d in ("torch", "pytorch-lightning", "avalanche-lib"))
+    return f"clkit {__version__} (python {platform.python_version()}, {deps})"
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -41,6 +62,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         if not args or args[0] in ("-h", "--help"):
             print(USAGE)
+            return
+        if args[0] in ("-V", "--version", "version"):
+            print(version_line())
             return
         command, rest = args[0], args[1:]
         if command not in COMMANDS:

@@ -87,6 +87,8 @@ def read_run(path: Path) -> dict[str, Any]:
     missing = [k for k in NEEDED_KEYS if k not in data]
     if missing:
         raise DataError(f"{path} lacks the keys {missing}")
+    if data.get("fast_dev_run"):
+        raise DataError(f"{path} is a --trainer.fast_dev_run smoke test (a batch per step), not a result")
     return data
 
 

@@ -40,6 +40,8 @@ def first_line(err: BaseException) -> str:
 def _with_valid_values(text: str, given: str | None = None) -> str:
     """Append what would have been valid: the classes for a bad class name, the arguments for a bad argument, the
     value given for a bad type."""
+    if 'Parser key "trainer.precision"' in text:
+        return _trainer_hint(text, given)
     section = re.search(r'Parser key "(model|data)"', text)
     if 'Parser key "backbone"' in text and ("has no attribute" in text or "does not correspond" in text):
         text += f" (valid backbones include: {', '.join(BACKBONES)})"
@@ -69,6 +71,7 @@ def _with_valid_values(text: str, given: str | None = None) -> str:
         key = re.search(r'Parser key "([\w.]+)"', text)
         where = key.group(1) if key else "a value"
         text = f"{where}: expected {' or '.join(expected)}, got {given!r}"
+    text = _trainer_hint(text, given)
     if re.match(r"^-?\d+ is not in bounds", text):
         text = f"seed_everything={text}"
     return text if len(text) < 1600 else text[:1600] + " ..."
@@ -92,6 +95,38 @@ def _init_args(target: Any) -> list[str]:
         if not any(p.kind == p.VAR_KEYWORD for p in params):
             break
     return names
+
+
+def _available_accelerators() -> list[str]:
+    from pytorch_lightning.accelerators import AcceleratorRegistry
+
+    found = []
+    for name in ("cpu", "cuda", "mps", "gpu", "tpu"):
+        try:
+            if name == "gpu" or AcceleratorRegistry[name]["accelerator"].is_available():
+                found.append(name)
+        except Exception:  # noqa: BLE001  (an accelerator's check may import a missing library)
+            continue
+    if "cuda" not in found and "mps" not in found:
+        found.remove("gpu")
+    return [*found, "auto"]
+
+
+PRECISION_HINT = ("valid: 32-true, 64-true, bf16-mixed (each tested with every strategy), 16-mixed, bf16-true, "
+                  "16-true")
+
+
+def _trainer_hint(text: str, given: str | None = None) -> str:
+    """Lightning's accelerator, devices and precision complaints, with what is valid on this machine."""
+    if "gpu backend" in text or "Requirement 'torch_xla" in text or re.search(r"accelerator.*not available", text, re.I):
+        return (f"trainer.accelerator: {text.rstrip('!')}; valid on this machine: "
+                f"{', '.join(_available_accelerators())}")
+    if "Trainer(devices=" in text or "`devices` selected" in text:
+        return f"{text} Valid: an int >= 1, a list of device indices, or auto"
+    if 'Parser key "trainer.precision"' in text:
+        value = f"={given}" if given else ""
+        return f"trainer.precision{value} is not a precision Lightning knows; {PRECISION_HINT}"
+    return text
 
 
 def _names(package: str) -> list[str]:

@@ -18,7 +18,9 @@ from typing import Any, Optional
 
 import yaml
 
+from clkit.cli.config_stack import interpolations, replace_on_class_change, restore_interpolations
 from clkit.cli.errors import first_line
+from clkit.cli.trainers import RUN_DIR, build_loggers, default_logger_dirs, make_trainer_factory, temporary_dir
 from clkit.errors import ClkitError, ConfigError, DataError
 
 __all__ = ["run_fit"]
@@ -36,8 +38,6 @@ def _build_cli(args: list[str]) -> Any:
 
     import scenarios  # noqa: F401  (imported so that short class names such as --data SplitDigits resolve)
     import strategies  # noqa: F401  (likewise --model GPM)
-    from clkit.data import ContinualDataModule
-    from clkit.module import ContinualModule
 
     class ClkitCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
@@ -57,18 +57,37 @@ def _build_cli(args: list[str]) -> Any:
                 if self.config.get(key) is not None:
                     self.config.model.init_args[key] = self.config[key]
 
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            """Keep the user's callbacks as configured (the Trainer built here, only to check the trainer section,
+            appends Lightning's progress bar and checkpoint callbacks to the same list)."""
+            from pytorch_lightning.callbacks import ModelCheckpoint
+
+            section = self.config_init.get("trainer")
+            callbacks = section.get("callbacks") or []
+            callbacks = list(callbacks) if isinstance(callbacks, (list, tuple)) else [callbacks]
+            self.user_callbacks = copy.deepcopy(callbacks)
+            if any(isinstance(c, ModelCheckpoint) for c in callbacks):
+                section["enable_checkpointing"] = True  # clkit's default is off; a configured checkpoint turns it on
+            section["callbacks"] = list(callbacks)
+            return super().instantiate_trainer(**kwargs)
+
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         args = ["--config", _default_config(), *args]
     for path in _config_files(args):
         check_config_file(path)
     args = _strategy_optimizer_args(args)
+    tmp, cleanup = temporary_dir()
+    args = default_logger_dirs(replace_on_class_change(args, tmp), tmp)
+    printing = next((a for a in args if a == "--print_config" or a.startswith("--print_config=")), None)
+    resolved = printing is not None and "resolved" in printing.partition("=")[2].split(",")
+    if printing is not None and resolved:
+        flags = [f for f in printing.partition("=")[2].split(",") if f != "resolved"]
+        args = [("--print_config" + ("=" + ",".join(flags) if flags else "")) if a == printing else a for a in args]
     argv, sys.argv = sys.argv, sys.argv[:1]  # LightningCLI warns when sys.argv and args both hold arguments
     try:
-        return ClkitCLI(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
-                        run=False, auto_configure_optimizers=False, save_config_callback=None,
-                        seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
-                        parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False},
-                        args=args)
+        if printing is not None and not resolved:
+            return _print_unresolved(lambda: _instantiate(ClkitCLI, args), interpolations(args))
+        return _instantiate(ClkitCLI, args)
     except ClkitError:
         raise
     except (ValueError, TypeError, KeyError, ImportError, yaml.YAMLError) as err:
@@ -80,6 +99,37 @@ def _build_cli(args: list[str]) -> Any:
         raise
     finally:
         sys.argv = argv
+        cleanup()
+
+
+def _instantiate(cli_class: Any, args: list[str]) -> Any:
+    from clkit.data import ContinualDataModule
+    from clkit.module import ContinualModule
+
+    return cli_class(ContinualModule, ContinualDataModule, subclass_mode_model=True, subclass_mode_data=True,
+                     run=False, auto_configure_optimizers=False, save_config_callback=None,
+                     seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
+                     parser_kwargs={"parser_mode": "omegaconf+", "exit_on_error": False, "allow_abbrev": False},
+                     args=args)
+
+
+def _print_unresolved(build: Any, raw: dict[tuple[str, ...], str]) -> Any:
+    """Run ``build`` (which prints the resolved config and exits) and print that config with the interpolations of
+    the sources put back (see :mod:`clkit.cli.config_stack`)."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            return build()
+    except SystemExit as done:
+        printed = out.getvalue()
+        if done.code in (0, None) and raw:
+            config = restore_interpolations(yaml.safe_load(printed), raw)
+            printed = yaml.safe_dump(config, sort_keys=False)
+        sys.stdout.write(printed)
+        raise
 
 
 def _config_files(args: list[str]) -> list[str]:
@@ -170,27 +220,40 @@ def _fit(cli: Any, run_dir: Path) -> Path:
 
     cfg = cli.config
     seed, resume = cfg.get("seed_everything"), bool(cfg.get("resume"))
-    config = _resolved_config(cli)
+    config = _resolved_config(cli, run_dir)
     prepare_run_dir(run_dir, config, resuming=resume, write=_is_rank_zero())
-    make_trainer, logger = _trainer_factory(cli, run_dir)
-    run = StreamRun(cli.model, cli.datamodule, make_trainer, run_dir=run_dir, logger=logger, verbose=True,
+    make_trainer, loggers = _trainer_factory(cli, run_dir)
+    loggers.log_config(config)
+    run = StreamRun(cli.model, cli.datamodule, make_trainer, run_dir=run_dir, logger=loggers, verbose=True,
                     test_passes=int(cfg.get("test_passes", 1)), about={"config": config})
+    status = "failed"
     try:
         result = run.run(resume=resume)
+        status = "success"
     except ClkitError as err:
         if not _is_rank_zero():
             raise
         if run.completed:
             write_json(run_dir / "results.partial.json",
                        partial_results(run.result(), run.completed, seed=seed, config=config, error=str(err)))
+        if isinstance(err, ConfigError) and not run.completed:
+            raise ConfigError(str(err)) from None  # a bad setting, nothing trained: nothing to resume
         advice = f"continue with the same command and --resume {run_dir}"
+        if isinstance(err, ConfigError):
+            advice = (f"fix the setting, then continue with --resume {run_dir} (a resume may change the optimizer and "
+                      "the trainer section)")
         if isinstance(err, NonFiniteLossError) and err.lr:
             advice += f" --optimizer.lr {err.lr / 10:g} (a resume may change the optimizer and the trainer section)"
         done = f"{run.completed} experience(s) finished" + (f", checkpoints in {run_dir / 'checkpoints'}"
                                                             if run.completed else "")
         raised = type(err) if isinstance(err, Interrupted) else ClkitError
         raise raised(f"{err} ({done}; {advice})") from None
+    finally:
+        loggers.close(status)
     results = result.results(seed=seed, config=config)
+    smoke = (config.get("trainer") or {}).get("fast_dev_run")
+    if smoke:
+        results["fast_dev_run"] = smoke  # a smoke test: clkit report skips it
     resumes = run_dir / "resumes.json"
     if resumes.is_file():
         results["resumes"] = json.loads(resumes.read_text()).get("resumes", [])
@@ -199,6 +262,10 @@ def _fit(cli: Any, run_dir: Path) -> Path:
     write_run_outputs(run_dir, results)
     (run_dir / "results.partial.json").unlink(missing_ok=True)
     m = results["metrics"]
+    if smoke:
+        print(f"clkit: fast_dev_run: a smoke test of {results['strategy']} on {results['scenario']} (not a result; "
+              f"clkit report skips it) -> {run_dir}")
+        return run_dir
     print(f"clkit: {results['strategy']} on {results['scenario']}: acc {m['acc']:.4f}  bwt {m['bwt']:+.4f}  "
           f"fwt {m['fwt']:+.4f}  forgetting {m['forgetting']:.4f}  ({results['wall_seconds']:.1f} s) -> {run_dir}")
     return run_dir
@@ -219,8 +286,10 @@ def _default_run_dir(model: Any, data: Any, seed: Any) -> Path:
     return path
 
 
-def _resolved_config(cli: Any) -> dict[str, Any]:
+def _resolved_config(cli: Any, run_dir: Optional[Path] = None) -> dict[str, Any]:
     dumped = cli.parser.dump(cli.config, skip_none=False, skip_check=True)
+    if run_dir is not None:
+        dumped = dumped.replace(RUN_DIR, str(run_dir))  # loggers placed in the run directory
     config = yaml.safe_load(dumped)
     for key in ("config", "run_dir", "resume", "print_config", "optimizer", "lr_scheduler"):
         config.pop(key, None)  # (--optimizer/--lr_scheduler were merged into model.init_args)
@@ -228,35 +297,11 @@ def _resolved_config(cli: Any) -> dict[str, Any]:
 
 
 def _trainer_factory(cli: Any, run_dir: Path) -> tuple[Any, Any]:
-    """A Trainer per experience from the ``trainer`` section, with fresh copies of the configured callbacks."""
-    import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ProgressBar
-    from pytorch_lightning.loggers import Logger
-
-    from clkit.logger import StreamCSVLogger
-    from clkit.progress import StreamProgressBar
-
+    """A Trainer per experience from the ``trainer`` section (see :mod:`clkit.cli.trainers`), and the loggers."""
     section = cli.config_init.get("trainer")
     kwargs = {k: section[k] for k in section.keys() if "." not in k}
-    pristine = copy.deepcopy(kwargs.pop("callbacks", None) or [])  # stateful callbacks must not leak across experiences
-    logger = kwargs.pop("logger", True)
-    if logger is True or logger is None:
-        logger = StreamCSVLogger(save_dir=str(run_dir))
-    elif not isinstance(logger, (Logger, list)):
-        logger = None
-    kwargs.pop("default_root_dir", None)
-
-    def make_trainer(index: int, **overrides: Any) -> pl.Trainer:
-        if isinstance(logger, StreamCSVLogger):
-            logger.experience = index
-        callbacks = copy.deepcopy(pristine)
-        bar = kwargs.get("enable_progress_bar", True) is not False
-        if bar and not sys.stderr.isatty() and not any(isinstance(c, ProgressBar) for c in callbacks):
-            bar = False  # redirected output: the one summary line per experience, not megabytes of bar redraws
-        elif bar and not any(isinstance(c, ProgressBar) for c in callbacks):
-            callbacks.append(StreamProgressBar())
-        return pl.Trainer(**{**kwargs, "callbacks": callbacks, "logger": logger or False,
-                             "default_root_dir": str(run_dir), "enable_progress_bar": bar, **overrides})
-
-    return make_trainer, (logger[0] if isinstance(logger, list) else logger)
-
+    loggers = build_loggers(kwargs.get("logger"), cli.config.get("trainer", {}).get("logger"), run_dir)
+    callbacks = getattr(cli, "user_callbacks", None)
+    if callbacks is None:
+        callbacks = kwargs.get("callbacks") or []
+    return make_trainer_factory(kwargs, callbacks, loggers, run_dir), loggers

@@ -77,9 +77,11 @@ CASES: list[tuple[str, list[str], str]] = [
     ("infinite epochs", ["--trainer.max_epochs", "-1"], "forever"),
     ("no training batches", ["--trainer.limit_train_batches", "0"], "limit_train_batches=0"),
     ("negative clipping", ["--trainer.gradient_clip_val", "-1"], "gradient_clip_val=-1"),
-    ("no GPU", ["--trainer.accelerator", "gpu"], "gpu"),
-    ("zero devices", ["--trainer.devices", "0"], "devices='0'"),
-    ("an unknown precision", ["--trainer.precision", "bogus"], "bogus"),
+    ("no GPU", ["--trainer.accelerator", "gpu"], "valid on this machine: cpu"),
+    ("zero devices", ["--trainer.devices", "0"], "Valid: an int >= 1"),
+    ("an unknown precision", ["--trainer.precision", "bogus"], "trainer.precision=bogus is not a precision"),
+    ("a precision an operation lacks", ["--model", "ICaRL", "--data", "ToySplit", "--trainer.precision", "bf16-true"],
+     "ICaRL does not run in trainer.precision=bf16-true"),
     ("zero test passes", ["--test_passes", "0"], "test_passes must be >= 1, got 0"),
     ("an unwritable run directory", ["--run_dir", "/sys/clkit-run"], "cannot write the run directory /sys/clkit-run"),
     # a NaN loss stops the run with advice that works
@@ -146,7 +148,8 @@ def test_run_directory_misuse(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 def test_a_nan_loss_keeps_finished_experiences_and_a_resume_may_lower_the_lr(tmp_path: Path,
                                                                                capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "nan"
-    args = ["--model", "tests.clkit.helpers.NaNAt", "--model.init_args.above_lr", "0.01", *PERMUTED, *QUIET]
+    args = ["--model", "tests.clkit.helpers.NaNAt", "--model.init_args.above_lr", "0.01", "--optimizer.lr", "0.05",
+            *PERMUTED, *QUIET]
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--run_dir", str(run), *args])
     err = capsys.readouterr().err.strip().splitlines()[-1]
