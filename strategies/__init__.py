@@ -26,4 +26,4 @@ from strategies.supermask import ExSSNeT, SupSup
 __all__ = ["AGEM", "CUBER", "DER", "ER", "EWC", "GEM", "GPM", "HAT", "IBCL", "MAS", "OGD", "SI", "STRATEGIES", "TRGP",
            "ExSSNeT", "ICaRL", "Joint", "LwF", "Naive", "SupSup"]
 
-STRATEGIES = (Naive, Joint, EWC, SI, MAS, LwF, ER, DER, AGEM, GEM, ICaRL, HAT, OGD, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)
+STRATEGIES = (Naive, Joint, EWC, SI, MAS, LwF, ER, DER, AGEM, GEM, ICaRL, HAT, OGD, GPM, TRGP, CUBER, SupSup, ExSSNeT, IBCL)

@@ -95,3 +95,41 @@ def test_the_replay_remembers_and_runs_from_the_command_line(tmp_path: Path, mon
           "--data.init_args.setting", "class-il", "--trainer.max_epochs", "1", "--trainer.enable_progress_bar", "false",
           "--run_dir", str(tmp_path / "cli")])
     assert json.loads((tmp_path / "cli/results.json").read_text())["strategy"] == "Replay"
+
+
+def test_every_strategy_is_in_the_readme_table_and_every_scenario_in_the_catalogue() -> None:
+    import scenarios
+    from strategies import STRATEGIES
+
+    readme = (ROOT / "README.md").read_text()
+    table = [line for line in readme.split("## Strategies", 1)[1].split("\n## ", 1)[0].splitlines()
+             if line.startswith("| `")]
+    assert [line.split("`")[1] for line in table] == [cls.__name__ for cls in STRATEGIES]
+    for line, cls in zip(table, STRATEGIES):
+        config = line.split("|")[-2].strip().strip("`").split("`")[0]
+        assert list(ROOT.glob(config)), (cls.__name__, config)
+    catalogue = (ROOT / "docs" / "scenarios.md").read_text().split("## Catalogue", 1)[1].split("\n## ", 1)[0]
+    listed = {name for line in catalogue.splitlines() if line.startswith("| `")
+              for name in line.split("|")[1].replace("`", "").replace(" ", "").split(",")}
+    assert set(scenarios.__all__) <= listed, set(scenarios.__all__) - listed
+
+
+def test_tied_tables_equal_their_sources_and_a_stale_one_is_found(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import docs_tables
+    finally:
+        sys.path.pop(0)
+    assert docs_tables.main(["--check"]) == 0  # every table in README.md and docs/ equals its report
+    source = tmp_path / "report.md"
+    source.write_text("# Report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nafter\n")
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"text\n<!-- table from {source} -->\n| a | b |\n|---|---|\n| 1 | 9 |\n<!-- end table -->\nend\n")
+    docs_tables.ROOT = Path("/")  # sources named by absolute path here
+    try:
+        assert docs_tables.sync(doc, write=False) == [f"{doc.relative_to('/')}:2: from {source.relative_to('/')}"]
+        docs_tables.sync(doc, write=True)
+        assert docs_tables.sync(doc, write=False) == []
+        assert doc.read_text().splitlines()[2:5] == ["| a | b |", "|---|---|", "| 1 | 2 |"]
+    finally:
+        docs_tables.ROOT = ROOT
