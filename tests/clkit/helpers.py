@@ -40,3 +40,16 @@ class NaNAt(Naive):
         lr = max(g["lr"] for opt in self.trainer.optimizers for g in opt.param_groups)
         return loss * float("nan") if self.current_experience.index == self.nan_experience and lr > self.above_lr \
             else loss
+
+
+class RecordOptimizer(pl.Callback):
+    """Appends ``experience epoch optimizer-class lr`` to ``path`` at every training epoch's start."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        opt = trainer.optimizers[0]
+        with open(self.path, "a") as f:
+            f.write(f"{pl_module.current_experience.index} {trainer.current_epoch} {type(opt).__name__} "
+                    f"{opt.param_groups[0]['lr']:g}\n")

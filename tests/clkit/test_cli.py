@@ -175,3 +175,18 @@ def test_redirected_output_is_one_line_per_experience(tmp_path: Path, capsys: py
     lines = [ln for ln in out.err.splitlines() if ln.startswith("[clkit] experience")]
     assert len(lines) == len(_results(tmp_path)["accuracy_matrix"])
     assert "epoch 0" not in out.out + out.err and len(out.out + out.err) < 5000
+
+
+@pytest.mark.parametrize("model", ["strategies.Naive", "strategies.GPM"])
+def test_an_injected_optimizer_and_scheduler_drive_training(model: str, tmp_path: Path) -> None:
+    log = tmp_path / "opt.txt"
+    main(["fit", "--run_dir", str(tmp_path / "run"), "--model", model, "--optimizer", "torch.optim.AdamW",
+          "--optimizer.lr", "0.001", "--lr_scheduler", "torch.optim.lr_scheduler.StepLR",
+          "--lr_scheduler.step_size", "1", "--lr_scheduler.gamma", "0.5",
+          "--trainer.callbacks+=tests.clkit.helpers.RecordOptimizer", "--trainer.callbacks.path", str(log),
+          "--data.init_args.n_experiences", "2", *QUIET])
+    rows = [line.split() for line in log.read_text().splitlines()]
+    # a fresh AdamW and scheduler per experience: the lr restarts at 0.001 and halves after each epoch
+    assert rows == [[e, ep, "AdamW", lr] for e in ("0", "1") for ep, lr in (("0", "0.001"), ("1", "0.0005"))]
+    described = _results(tmp_path / "run")["config"]["model"]["init_args"]["optimizer"]
+    assert described["class_path"].endswith("AdamW") and described["init_args"]["lr"] == 0.001
