@@ -34,7 +34,9 @@ def _train(stream: RotatingBinary, epochs: int = 5, run_dir: Path | None = None,
     pl.seed_everything(0, verbose=False)
     kwargs = {"optimizer": adam(0.05), "prior_stds": STDS, "num_preferences": 4, "num_samples": 5, **kwargs}
     module = IBCL(**kwargs)  # type: ignore[arg-type]
-    StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
+    result = StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
+    if run_dir is not None:
+        result.save(run_dir)
     return module
 
 
@@ -133,23 +135,45 @@ def test_results_json_entry(trained: tuple[IBCL, Path]) -> None:
     assert (torch.tensor(stages[1]["reported_test_acc"]) <= hi + 1e-9).all()
 
 
-def test_matrix_model_is_the_uniform_preference_selection(trained: tuple[IBCL, Path],
-                                                          conflicting: RotatingBinary) -> None:
-    module = trained[0]
-    expect = module.stage_results[-1]["matrix_model"]["test_acc"]
-    assert module.stage_results[-1]["matrix_model"]["preference"] == [0.5, 0.5]
-    got = _test_acc(module, module.report_theta, conflicting)
-    assert got.tolist() == pytest.approx(expect)
+def test_matrix_cells_use_the_one_hot_preference_of_the_tested_task(trained: tuple[IBCL, Path],
+                                                                    conflicting: RotatingBinary) -> None:
+    """R[i][j] is the stage-i model for task j alone: the diagonal is the model for the newest task."""
+    module, run_dir = trained
+    assert module.task_aware and module.matrix_preference == "task"
+    last = module.stage_results[-1]
+    for task in (0, 1):
+        x = conflicting.experiences[task].test.x
+        z = mlp_forward(module.matrix_thetas[task].unsqueeze(0), x, module.sizes)[0, :, 0]
+        assert torch.equal(module.predict(x, torch.full((len(x),), task)), (z >= 0).long())
+        got = _test_acc(module, module.matrix_thetas[task], conflicting)
+        assert got.tolist() == pytest.approx(last["task_models"]["test_acc"][task])
+    matrix = json.loads((run_dir / "results.json").read_text())["accuracy_matrix"]
+    assert [matrix[1][0], matrix[1][1]] == pytest.approx([last["task_models"]["test_acc"][0][0],
+                                                          last["task_models"]["test_acc"][1][1]])
+    first = module.stage_results[0]
+    assert matrix[0][0] == pytest.approx(first["task_models"]["test_acc"][0][0])
+    # the one-hot models trade the tasks off: each is better on its own task than the other task's model
+    models = torch.tensor(last["task_models"]["test_acc"])  # (model for task j, tested on task l)
+    assert models[0, 0] > models[1, 0] + 0.1 and models[1, 1] > models[0, 1] + 0.1, models
+
+
+def test_uniform_matrix_mode_is_task_agnostic(conflicting: RotatingBinary) -> None:
+    module = _train(RotatingBinary(num_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+                    matrix_preference="uniform")
+    assert not module.task_aware
+    assert torch.equal(module.matrix_thetas[0], module.matrix_thetas[1])
     x = conflicting.experiences[0].test.x
-    z = mlp_forward(module.report_theta.unsqueeze(0), x, module.sizes)[0, :, 0]
-    assert torch.equal(module.predict(x, torch.zeros(len(x))), (z >= 0).long())
+    assert torch.equal(module.predict(x, torch.zeros(len(x))), module.predict(x, torch.ones(len(x))))
+    assert module.stage_results[-1]["uniform_model"]["preference"] == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="matrix_preference"):
+        IBCL(matrix_preference="newest")  # type: ignore[arg-type]
 
 
 def test_checkpoint_restore_and_generate_command(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
                                                  tmp_path: Path) -> None:
     module, run_dir = trained
     restored = IBCL.from_checkpoint(run_dir)
-    assert restored.kb.slots == module.kb.slots and torch.equal(restored.report_theta, module.report_theta)
+    assert restored.kb.slots == module.kb.slots and torch.equal(restored.matrix_thetas, module.matrix_thetas)
     assert torch.equal(restored.generate_theta([0.4, 0.6], mode="sample"),
                        module.generate_theta([0.4, 0.6], mode="sample"))
     out = generate_main(["--run", str(run_dir), "--preference", "0.4", "0.6", "--mode", "mean",
