@@ -1,6 +1,6 @@
 """clkit strategies. Importing this package makes every strategy resolvable by its short name in configs.
 
-The baselines are small modules here (``naive``, ``joint``, ``ewc``); each method family is a sub-package with its
+The baselines are small modules here (``naive``, ``joint``, ``ewc``, ``vcl``); each method family is a sub-package with its
 methods, math and protocol networks: :mod:`strategies.projection` (GPM, TRGP, CUBER), :mod:`strategies.supermask`
 (SupSup, ExSSNeT) and :mod:`strategies.ibcl` (IBCL). ``STRATEGIES`` is the explicit registry, in README order.
 """
@@ -11,7 +11,8 @@ from strategies.joint import Joint
 from strategies.naive import Naive
 from strategies.projection import CUBER, GPM, TRGP
 from strategies.supermask import ExSSNeT, SupSup
+from strategies.vcl import VCL
 
-__all__ = ["CUBER", "EWC", "GPM", "IBCL", "STRATEGIES", "TRGP", "ExSSNeT", "Joint", "Naive", "SupSup"]
+__all__ = ["CUBER", "EWC", "GPM", "IBCL", "STRATEGIES", "TRGP", "VCL", "ExSSNeT", "Joint", "Naive", "SupSup"]
 
-STRATEGIES = (Naive, Joint, EWC, GPM, TRGP, CUBER, IBCL, SupSup, ExSSNeT)
+STRATEGIES = (Naive, Joint, EWC, GPM, TRGP, CUBER, IBCL, VCL, SupSup, ExSSNeT)

@@ -53,6 +53,7 @@ class IBCLOptions:
     num_preferences: int = 10
     num_samples: int = 10
     n_hdr_samples: int = 10_000
+    sample_scale: float = 1.0
 
 
 DEFAULT_D_RMS = 0.02
@@ -86,6 +87,8 @@ def resolve_options(*, faithful: bool, alpha: float | None, alpha_convention: Li
         raise ValueError(f"threshold={opts.threshold!r} is not one of ['bound', 'monte_carlo']")
     if opts.d is not None and opts.d < 0:
         raise ValueError(f"d must be >= 0, got {opts.d}")
+    if not 0.0 <= opts.sample_scale <= 1.0:
+        raise ValueError(f"sample_scale must lie in [0, 1], got {opts.sample_scale}")
     if min(opts.num_preferences, opts.num_samples, opts.n_hdr_samples, opts.eval_batch_size) < 1:
         raise ValueError(f"num_preferences, num_samples, n_hdr_samples and eval_batch_size must be >= 1, got {opts}")
     return opts
@@ -108,6 +111,7 @@ def region(kb: KnowledgeBase, preference: Tensor, opts: IBCLOptions,
 def draw_models(hdr: HDR, k: int, opts: IBCLOptions, segments: Sequence[int],
                 generator: torch.Generator | None = None) -> Tensor:
     """``k`` parameter vectors from the region, (k, P)."""
+    hdr.scale = opts.sample_scale
     return hdr.sample(k, generator=generator, per=opts.sample_per, segments=segments)
 
 

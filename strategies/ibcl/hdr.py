@@ -192,16 +192,24 @@ def mixture_threshold_bound(beta: Tensor, sigmas: Tensor, alpha: float) -> float
 
 
 def sample_mixture_hdr(beta: Tensor, mus: Tensor, sigmas: Tensor, tau: float, k: int, *,
-                       generator: torch.Generator | None = None, max_rounds: int = 100) -> tuple[Tensor, float]:
+                       generator: torch.Generator | None = None, max_rounds: int = 100,
+                       scale: float = 1.0) -> tuple[Tensor, float]:
     """``k`` draws from the mixture restricted to its HDR ``{log q >= tau}`` by rejection.
 
+    ``scale < 1`` draws each candidate from its component with standard deviations ``scale * sigma`` (towards the
+    component's mode, where the mixture density is highest); candidates are still kept only inside the HDR.
+    ``scale = 1`` is the mixture itself restricted to its HDR; ``scale = 0`` returns component means.
+
     Returns:
-        ``(samples (k, P), acceptance rate)``; the rate is about ``1 - alpha`` when ``tau = tau_alpha``.
+        ``(samples (k, P), acceptance rate)``; the rate is about ``1 - alpha`` when ``tau = tau_alpha`` and
+        ``scale = 1``.
     """
+    if not 0.0 <= scale <= 1.0:
+        raise ValueError(f"scale must lie in [0, 1], got {scale}")
     accepted: list[Tensor] = []
     drawn = kept = 0
     for _ in range(max_rounds):
-        cand = sample_mixture(beta, mus, sigmas, max(k, 16), generator)
+        cand = sample_mixture(beta, mus, sigmas * scale, max(k, 16), generator)
         ok = mixture_log_prob(cand, beta, mus, sigmas) >= tau
         accepted.append(cand[ok])
         drawn, kept = drawn + cand.shape[0], kept + int(ok.sum())
@@ -215,7 +223,7 @@ class HDR:
     """The region a preference maps to, with its reference ("mean") model.
 
     For ``kind="moment_average"`` it is the box ``[lo, hi]``; for ``kind="mixture"`` the level set
-    ``{log q >= tau}`` of the mixture ``(beta, mus, sigmas)``.
+    ``{log q >= tau}`` of the mixture ``(beta, mus, sigmas)``, sampled with ``scale`` (:func:`sample_mixture_hdr`).
     """
 
     kind: Combine
@@ -226,6 +234,7 @@ class HDR:
     mus: Tensor | None = None
     sigmas: Tensor | None = None
     tau: float = float("-inf")
+    scale: float = 1.0
 
     def contains(self, theta: Tensor) -> Tensor:
         """Whether each row of ``theta`` (n, P) lies in the region; (n,) booleans."""
@@ -242,7 +251,8 @@ class HDR:
             assert self.lo is not None and self.hi is not None
             return sample_box(self.lo, self.hi, k, per=per, segments=segments, generator=generator)
         assert self.beta is not None and self.mus is not None and self.sigmas is not None
-        return sample_mixture_hdr(self.beta, self.mus, self.sigmas, self.tau, k, generator=generator)[0]
+        return sample_mixture_hdr(self.beta, self.mus, self.sigmas, self.tau, k, generator=generator,
+                                  scale=self.scale)[0]
 
 
 def build_hdr(beta: Tensor, mus: Tensor, sigmas: Tensor, alpha: float, *, combine: Combine = "mixture",

@@ -90,6 +90,8 @@ class IBCL(ContinualModule):
         local_reparameterization: Draw each example's pre-activations from their Gaussian instead of one weight
             sample per step (clean objective; the same ELBO, a far less noisy gradient).
         n_hdr_samples: Samples estimating the mixture HDR threshold (``threshold="monte_carlo"``).
+        sample_scale: Mixture candidates are drawn with standard deviations ``sample_scale * sigma`` and kept only
+            inside the HDR (1: the mixture restricted to its HDR; smaller: closer to the components' modes).
         init_from_prior: Start each fit at the chain's prior instead of a fresh initialisation.
         faithful: Official-code behaviour for every flag below that is left ``None``.
         objective, init, distance, sample_per, selection, preference_kind, eval_drop_last: The official-code rows
@@ -113,7 +115,7 @@ class IBCL(ContinualModule):
                  combine: Optional[Literal["mixture", "moment_average"]] = None,
                  threshold: Literal["bound", "monte_carlo"] = "bound",
                  matrix_preference: Literal["task", "uniform"] = "task", mc_samples: int = 1,
-                 local_reparameterization: bool = True,
+                 local_reparameterization: bool = True, sample_scale: float = 1.0,
                  n_hdr_samples: int = 10_000, init_from_prior: bool = False, faithful: bool = False,
                  objective: Optional[Literal["elbo", "official"]] = None,
                  init: Optional[Literal["standard", "official"]] = None,
@@ -141,7 +143,8 @@ class IBCL(ContinualModule):
                 faithful=faithful, alpha=alpha, alpha_convention=alpha_convention, objective=objective, init=init,
                 distance=distance, d=d, combine=combine, threshold=threshold, sample_per=sample_per, selection=selection,
                 preference_kind=preference_kind, eval_drop_last=eval_drop_last, eval_batch_size=None,
-                num_preferences=num_preferences, num_samples=num_samples, n_hdr_samples=n_hdr_samples)
+                num_preferences=num_preferences, num_samples=num_samples, n_hdr_samples=n_hdr_samples,
+                sample_scale=sample_scale)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         self.prior_stds = [float(s) for s in prior_stds]

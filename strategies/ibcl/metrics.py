@@ -146,3 +146,12 @@ def weight_rank_correlation(prefs: Tensor, acc: Tensor) -> list[float]:
     if prefs.shape[1] < 2 or prefs.shape[0] < 2:
         return [float("nan")] * prefs.shape[1]
     return [spearman(prefs[:, col], acc[:, col]) for col in range(prefs.shape[1])]
+
+
+def stage_summary(prefs: Tensor, acc: Tensor) -> dict[str, object]:
+    """The preference metrics of one stage from the reported models' accuracies ``acc`` (M, L): the per-task
+    accuracies, their average and peak, ``bt_ibcl`` and the per-task rank correlations (JSON-able)."""
+    per_task = preference_weighted_accuracy(prefs, acc)
+    return {"per_task_acc": per_task.tolist(), "avg_per_task_acc": average_per_task(per_task),
+            "peak_per_task_acc": peak_per_task(per_task), "bt_ibcl": bt_ibcl(per_task),
+            "spearman": weight_rank_correlation(prefs, acc)}
