@@ -121,15 +121,37 @@ def run_ibcl(dataset: str, seed: int, features: Path, sets: list[str], work: Pat
         start = time.perf_counter()
         module.generate_theta(w, seed=i)
         times.append(1000 * (time.perf_counter() - start))
+    coverage = _coverage(module, seed)
     stages = [{k: s[k] for k in ("per_task_acc", "avg_per_task_acc", "peak_per_task_acc", "bt_ibcl", "spearman",
                                  "val_per_task_acc", "kb_size", "fit", "task_models", "nn_distances_rms")}
               for s in ib["stages"]]
     return {"stages": stages, "bwt": ib["bwt"][-1], "matrix": res["accuracy_matrix"], "metrics": res["metrics"],
             "evaluation": res.get("evaluation"), "kb_size": ib["kb_size"], "kb_bytes": ib["kb_bytes"],
             "memory_bytes": res["strategy_state_bytes"], "posterior_mean_test_acc": posterior_acc,
-            "generate_ms": statistics.median(times[1:]), "wall_seconds": wall,
+            "generate_ms": statistics.median(times[1:]), "wall_seconds": wall, "coverage": coverage,
             "batch_updates": sum(-(-len(e.train) // 32) for e in exps) * _epochs(dataset) * len(module.prior_stds),
             "options": ib["options"], "overrides": sets}
+
+
+def _coverage(module: Any, seed: int, n: int = 2000) -> dict[str, Any]:
+    """Empirical mass of the region for the final stage's preferences, under each preference's mixture, for the
+    module's region (default: the mixture HDR) and for the official box at the same alpha."""
+    import dataclasses
+
+    from strategies.ibcl.credal import combination_weights, preferences
+    from strategies.ibcl.evaluation import region
+    from strategies.ibcl.hdr import empirical_coverage
+
+    mus, sigmas = module.kb.stacked()
+    gen = torch.Generator().manual_seed(seed)
+    box_opts = dataclasses.replace(module.opts, combine="moment_average")
+    own, box = [], []
+    for w in preferences(module.kb.num_tasks - 1, M, seed=seed):
+        beta = combination_weights(w, module.kb.slots, len(module.kb))
+        own.append(empirical_coverage(region(module.kb, w, module.opts, gen), beta, mus, sigmas, n, generator=gen))
+        box.append(empirical_coverage(region(module.kb, w, box_opts, gen), beta, mus, sigmas, n, generator=gen))
+    return {"alpha": module.opts.alpha, "region": module.opts.combine, "draws": n, "region_mass": own,
+            "box_mass": box}
 
 
 def run_retrain(dataset: str, seed: int, features: Path, epochs: int, lr: float) -> dict[str, Any]:

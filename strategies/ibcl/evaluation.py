@@ -56,7 +56,7 @@ class IBCLOptions:
     sample_scale: float = 1.0
 
 
-DEFAULT_D_RMS = 0.02
+DEFAULT_D_RMS = 0.2
 """Default pruning threshold per coordinate: a posterior is pruned when its W2 distance to a stored one is at most
 ``DEFAULT_D_RMS * sqrt(P)`` (``docs/methods/ibcl.md``, "Pruning")."""
 
@@ -124,14 +124,26 @@ def task_accuracies(thetas: Tensor, datasets: Sequence[TensorData], features: Fe
     input tensor (CelebA's attribute tasks share the images) are predicted once.
     """
     out = torch.zeros(thetas.shape[0], len(datasets), dtype=torch.float64)
-    cache: dict[tuple[int, tuple[int, ...], int, int], Tensor] = {}
-    for col, data in enumerate(datasets):
+    keys, parts = [], {}
+    for data in datasets:
         n = len(data)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         key = (data.x.data_ptr(), tuple(data.x.shape), stop, id(data.transform))
+        keys.append(key)
+        parts.setdefault(key, (data, stop))
+    cache: dict[tuple[int, tuple[int, ...], int, int], Tensor] = {}
+    small = [k for k, (d, stop) in parts.items() if d.transform is None and stop <= batch_size]
+    if len(small) > 1 and len({parts[k][0].x.shape[1:] for k in small}) == 1:  # small splits: one forward pass
+        xs = [parts[k][0].x[: parts[k][1]] for k in small]
+        joined = TensorData(torch.cat(xs), torch.zeros(sum(len(x) for x in xs), dtype=torch.long),
+                            torch.zeros(sum(len(x) for x in xs), dtype=torch.long))
+        preds = _predictions(thetas, joined, len(joined), features, sizes, max(batch_size, len(joined)))
+        for k, chunk in zip(small, preds.split([len(x) for x in xs], dim=1)):
+            cache[k] = chunk
+    for col, (data, key) in enumerate(zip(datasets, keys)):
         if key not in cache:
-            cache[key] = _predictions(thetas, data, stop, features, sizes, batch_size)
-        out[:, col] = (cache[key] == data.y[:stop].to(thetas.device)).double().mean(-1).cpu()
+            cache[key] = _predictions(thetas, data, key[2], features, sizes, batch_size)
+        out[:, col] = (cache[key] == data.y[: key[2]].to(thetas.device)).double().mean(-1).cpu()
     return out
 
 
@@ -140,7 +152,7 @@ def _predictions(thetas: Tensor, data: TensorData, stop: int, features: Features
     """Predicted labels of every model on the first ``stop`` samples, (n, stop)."""
     preds = []
     for start in range(0, stop, batch_size):
-        x, _, _ = data[torch.arange(start, min(start + batch_size, stop))]
+        x, _, _ = data[start : min(start + batch_size, stop)]  # a slice: views, no copy
         logits = mlp_forward(thetas, features(x.to(thetas.device)), sizes)  # (n, B, out)
         preds.append((logits[..., 0] >= 0).long() if logits.shape[-1] == 1 else logits.argmax(-1))  # (n, B)
     return torch.cat(preds, dim=1) if preds else thetas.new_zeros(thetas.shape[0], 0, dtype=torch.long)

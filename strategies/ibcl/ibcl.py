@@ -71,7 +71,9 @@ class IBCL(ContinualModule):
     Args:
         prior_stds: Standard deviations ``s_j`` of the task-0 priors ``N(0, s_j^2)``; one chain each.
         prior_weights: ``lambda_j`` in [0, 1] per chain (one value: every chain): the weight of the chain's previous
-            posterior in its next prior (1: VCL's prior; 0: every task from ``N(0, s_j^2)``).
+            posterior in its next prior (1: VCL's prior; 0: every task from ``N(0, s_j^2)``). Default: evenly spaced
+            from 1 to 0 (``(1, 0.5, 0)`` for three chains): one chain remembers, one forgets, one fits each task
+            alone.
         model_size: ``"small"`` (logistic regression), ``"normal"`` (64) or ``"large"`` (128-16) head.
         hidden: Hidden widths overriding ``model_size``.
         num_preferences: Preferences ``M`` drawn per stage.
@@ -108,7 +110,7 @@ class IBCL(ContinualModule):
     stage_results: list[dict[str, Any]]  # CL memory
     val_sets: list[list[Tensor]]
 
-    def __init__(self, *, prior_stds: Sequence[float] = (0.2, 0.25, 0.3), prior_weights: Sequence[float] = (1.0,),
+    def __init__(self, *, prior_stds: Sequence[float] = (0.2, 0.25, 0.3), prior_weights: Optional[Sequence[float]] = None,
                  model_size: Literal["small", "normal", "large"] = "small", hidden: Optional[list[int]] = None,
                  num_preferences: int = 10, num_samples: int = 10, alpha: Optional[float] = None,
                  alpha_convention: Optional[Literal["paper", "code"]] = None, d: Optional[float] = None,
@@ -131,10 +133,12 @@ class IBCL(ContinualModule):
             raise ConfigError(f"prior_stds must be a non-empty list of positive numbers, got {prior_stds}")
         if mc_samples < 1:
             raise ConfigError(f"mc_samples must be >= 1, got {mc_samples}")
-        weights = [float(v) for v in prior_weights]
-        if len(weights) not in (1, len(prior_stds)) or not all(0.0 <= v <= 1.0 for v in weights):
-            raise ConfigError(f"prior_weights must be one value or one per prior std ({len(prior_stds)}), each in "
-                              f"[0, 1], got {list(prior_weights)}")
+        m = len(prior_stds)
+        weights = ([1.0 - j / (m - 1) for j in range(m)] if m > 1 else [1.0]) if prior_weights is None else \
+            [float(v) for v in prior_weights]
+        if len(weights) not in (1, m) or not all(0.0 <= v <= 1.0 for v in weights):
+            raise ConfigError(f"prior_weights must be one value or one per prior std ({m}), each in [0, 1], got "
+                              f"{weights}")
         if matrix_preference not in ("task", "uniform"):
             raise ConfigError(f"matrix_preference={matrix_preference!r} is not one of ['task', 'uniform']")
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from strategies.ibcl import IBCL
 from strategies.ibcl.bayes import mlp_forward
 from strategies.ibcl.cli import main as generate_main
 from strategies.ibcl.credal import combination_weights, preferences
-from strategies.ibcl.evaluation import _FAITHFUL, task_accuracies
+from strategies.ibcl.evaluation import _FAITHFUL, DEFAULT_D_RMS, task_accuracies
 from strategies.ibcl.hdr import mixture_log_prob
 from strategies.ibcl.plot import pareto_points, plot_pareto
 from tests.strategies.kwargs import adam
@@ -86,18 +87,19 @@ def test_accuracy_on_a_task_rises_with_its_preference_weight(trained: tuple[IBCL
     assert selected[1, 0] > selected[0, 0] + 0.1 and selected[0, 1] > selected[1, 1] + 0.1, selected
 
 
-def test_knowledge_base_grows_sublinearly_on_near_duplicate_tasks() -> None:
-    stream = RotatingBinary(num_experiences=4, angle=0.0, seed=1, train_samples=200)
-    full = _train(stream, epochs=2, d=0.0, num_preferences=1, num_samples=2)
-    pruned = _train(stream, epochs=2, d=0.5, num_preferences=1, num_samples=2)
-    m, tasks, p = len(STDS), 4, full.kb.mus[0].numel()
+def test_default_pruning_keeps_at_most_m_posteriors_for_a_repeated_task() -> None:
+    """Six fresh samples of one task: pruning (on by default at DEFAULT_D_RMS * sqrt(P)) stores no more than the m
+    posteriors of its first fit; without pruning every fit is stored."""
+    stream = RotatingBinary(num_experiences=6, angle=0.0, seed=1, train_samples=200)
+    full = _train(stream, d=0.0, num_preferences=1, num_samples=2)
+    pruned = _train(stream, num_preferences=1, num_samples=2)
+    m, tasks, p = len(STDS), 6, full.kb.mus[0].numel()
     kb_bytes = m * tasks * 2 * p * 4  # posteriors: mean and std, float32
     assert len(full.kb) == m * tasks and full.strategy_state_bytes() == kb_bytes + memory_bytes(full.val_sets)
-    assert 1 <= len(pruned.kb) < m * tasks
-    kb_sizes = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
-    assert kb_sizes == sorted(kb_sizes) and kb_sizes[-1] == len(pruned.kb)
-    reused = {s for row in pruned.kb.slots[1:] for s in row} & {s for s in pruned.kb.slots[0]}
-    assert reused  # later tasks point at task-0 points
+    curve = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
+    assert curve == sorted(curve) and curve[-1] == len(pruned.kb) <= m, curve
+    assert pruned.stage_results[-1]["prune_d"] == pytest.approx(DEFAULT_D_RMS * math.sqrt(p))
+    assert {s for row in pruned.kb.slots[1:] for s in row} <= set(range(m))  # later tasks point at task-0 points
     assert pruned.strategy_state_bytes() < full.strategy_state_bytes()
 
 
@@ -263,7 +265,8 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: 
                        "--model.init_args.num_samples", "3", "--run_dir", str(tmp_path / "run")])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["strategy"] == "IBCL" and len(results["ibcl"]["stages"]) == 5
-    assert results["ibcl"]["kb_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
+    stored = results["ibcl"]["kb_size"][-1]
+    assert stored <= 5 * 3 and results["ibcl"]["kb_bytes"] == stored * 2 * 65 * 4  # posteriors: mean + std, 65 params
     assert results["strategy_state_bytes"] > results["ibcl"]["kb_bytes"]  # plus the validation splits it selects on
     from clkit.cli import main as clkit_main
 
