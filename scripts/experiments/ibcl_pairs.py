@@ -298,29 +298,113 @@ def _mean_spearman(stage: dict[str, Any]) -> Optional[float]:
     return statistics.mean(vals) if vals else None
 
 
+def _runs(out: Path, method: str, dataset: str) -> list[dict[str, Any]]:
+    return [json.loads(f.read_text()) for f in sorted(out.glob(f"{method}_{dataset}_seed*.json"))]
+
+
+def _per_preference_cost(method: str, runs: list[dict[str, Any]]) -> str:
+    if method == "retrain":
+        return f"{statistics.mean(r['stages'][-1]['batch_updates_per_preference'] for r in runs):,.0f} batch updates"
+    if method.startswith("ibcl"):
+        return f"0 updates, {statistics.mean(r['generate_ms'] for r in runs):.1f} ms"
+    return "0 updates (one model)" if method in ("agem", "gem") else "0 updates (selection)"
+
+
 def table(out: Path) -> str:
-    rows = []
+    """The preference table, IBCL's region / memory / timing table and the posterior-fit table (markdown)."""
+    lines = ["| data | method | evaluation | seeds | avg per-task acc, final stage | avg per-task acc, mean over "
+             "stages | peak, final | standard BWT (pts) | Spearman, final (mean / min over tasks) | training batch "
+             "updates | per new preference |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for dataset in ("digits", "mnist"):
-        for method in ("ibcl", "retrain", "vcl", "agem", "gem"):
-            files = sorted(out.glob(f"{method}_{dataset}_seed*.json"))
-            if not files:
+        for method, label in LABELS.items():
+            runs = _runs(out, method, dataset)
+            if not runs:
                 continue
-            runs = [json.loads(f.read_text()) for f in files]
             final = [r["stages"][-1] for r in runs]
             avg_all = [statistics.mean(s["avg_per_task_acc"] for s in r["stages"]) for r in runs]
             sp = [_mean_spearman(s) for s in final]
-            rows.append(f"| {dataset} | {method} | {len(runs)} | {_ms([s['avg_per_task_acc'] for s in final])} | "
-                        f"{_ms(avg_all)} | {_ms([s['peak_per_task_acc'] for s in final])} | "
-                        f"{_ms([r['bwt'] for r in runs])} | {_ms(sp, 1.0) if any(v is not None for v in sp) else 'n/a'}"
-                        f" | {statistics.mean(r.get('batch_updates', 0) for r in runs):,.0f} |")
-    head = ("| data | method | seeds | avg per-task acc, final stage | avg per-task acc, mean over stages | peak, final | "
-            "standard BWT (pts) | Spearman (final, mean over tasks) | batch updates |\n|---|---|---|---|---|---|---|---|---|")
-    return head + "\n" + "\n".join(rows)
+            sp_min = [min((v for v in s["spearman"] if v is not None), default=None) for s in final]
+            spear = "n/a (one model for every preference)" if method in ("agem", "gem") else \
+                f"{_ms(sp, 1.0)} / {_ms(sp_min, 1.0)}"
+            train = statistics.mean(r.get("batch_updates", 0) for r in runs)
+            lines.append(f"| {dataset} | {label} | preference models | {len(runs)} | "
+                         f"{_ms([s['avg_per_task_acc'] for s in final])} | {_ms(avg_all)} | "
+                         f"{_ms([s['peak_per_task_acc'] for s in final])} | {_ms([r['bwt'] for r in runs])} | {spear} | "
+                         f"{train:,.0f} | {_per_preference_cost(method, runs)} |")
+    lines += ["", "| data | IBCL region | region mass under the mixture (mean, min) | official box's mass | KB size per "
+              "task | CL memory (KB + validation splits) | new preference (ms, median) | accuracy matrix (task-aware "
+              "one-hot cells): acc / BWT / learning acc |", "|---|---|---|---|---|---|---|---|"]
+    for dataset in ("digits", "mnist"):
+        for method in ("ibcl", "ibcl_box"):
+            runs = _runs(out, method, dataset)
+            if not runs:
+                continue
+            mass = [v for r in runs for v in r["coverage"]["region_mass"]]
+            box = [v for r in runs for v in r["coverage"]["box_mass"]]
+            kb = [statistics.mean(r["kb_size"][i] for r in runs) for i in range(len(runs[0]["kb_size"]))]
+            met = [r["metrics"] for r in runs]
+            lines.append(f"| {dataset} | {runs[0]['options']['combine']}, α {runs[0]['coverage']['alpha']} | "
+                         f"{statistics.mean(mass):.4f}, {min(mass):.4f} ({len(mass)} regions × "
+                         f"{runs[0]['coverage']['draws']} draws) | {statistics.mean(box):.4f} | "
+                         f"{', '.join(f'{v:g}' for v in kb)} | {statistics.mean(r['memory_bytes'] for r in runs):,.0f} B | "
+                         f"{_ms([r['generate_ms'] for r in runs], 1.0)} | {_ms([m['acc'] for m in met])} / "
+                         f"{_ms([m['bwt'] for m in met])} / {_ms([m['learning_acc'] for m in met])} |")
+    lines += ["", "| data | task | per-task logistic regression (test, C on validation) | IBCL one-hot model for the "
+              "task at its stage (test) | IBCL chains' posterior means on the task (test: best / VCL chain) | chains' "
+              "training accuracy at their task |", "|---|---|---|---|---|---|"]
+    for dataset in ("digits", "mnist"):
+        lr, ib = _runs(out, "lr", dataset), _runs(out, "ibcl", dataset)
+        if not lr or not ib:
+            continue
+        for task in range(len(ib[0]["stages"])):
+            onehot = [r["stages"][task]["task_models"]["test_acc"][task][task] for r in ib]
+            best = [max(r["posterior_mean_test_acc"][task]) for r in ib if r["posterior_mean_test_acc"][task]]
+            first = [r["posterior_mean_test_acc"][task][0] for r in ib if r["posterior_mean_test_acc"][task]]
+            fit = [statistics.mean(r["stages"][task]["fit"]["train_acc"]) for r in ib]
+            fit_min = [min(r["stages"][task]["fit"]["train_acc"]) for r in ib]
+            lines.append(f"| {dataset} | {task} | {_ms([r['per_task'][task]['test'] for r in lr])} | {_ms(onehot)} | "
+                         f"{_ms(best)} / {_ms(first)} | mean {_ms(fit)}, min {_ms(fit_min)} |")
+    return "\n".join(lines)
+
+
+LABELS = {"ibcl": "IBCL (zero-shot)", "ibcl_box": "IBCL, official box region", "retrain": "one model per preference",
+          "vcl": "VCL + coreset (zero-shot selection)", "agem": "A-GEM", "gem": "GEM"}
+
+
+def plot(out: Path, png: Path) -> Path:
+    """Average per-task test accuracy of the preference models per stage, mean ± std over seeds, per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, dataset in zip(axes, ("digits", "mnist")):
+        for method, label in LABELS.items():
+            files = sorted(out.glob(f"{method}_{dataset}_seed*.json"))
+            if not files:
+                continue
+            curves = torch.tensor([[s["avg_per_task_acc"] for s in json.loads(f.read_text())["stages"]]
+                                   for f in files]) * 100  # (seeds, stages)
+            x = torch.arange(1, curves.shape[1] + 1)
+            mean, std = curves.mean(0), curves.std(0) if len(files) > 1 else torch.zeros(curves.shape[1])
+            ax.errorbar(x, mean, yerr=std, marker="o", ms=4, capsize=3, label=f"{label} ({len(files)} seeds)")
+        ax.axhline(94, color="grey", ls=":", lw=1)
+        ax.set_title({"digits": "BinaryDigits (64 pixels)", "mnist": "MNIST-5k pairs, 512-d PCA"}[dataset])
+        ax.set_xlabel("tasks seen")
+        ax.set_xticks(range(1, 6))
+    axes[0].set_ylabel("average per-task accuracy of the preference models (%)")
+    axes[1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=("run", "table"))
+    p.add_argument("command", choices=("run", "table", "plot"))
     p.add_argument("--dataset", choices=tuple(CONFIGS), default="digits")
     p.add_argument("--method", choices=("ibcl", "retrain", "vcl", "agem", "gem", "lr"), default="ibcl")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -333,11 +417,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     p.add_argument("--coreset", type=int, default=20, help="vcl: coreset samples per task")
     p.add_argument("--prior_std", type=float, default=1.0, help="vcl: task-0 prior std")
     p.add_argument("--buffer", type=int, default=100, help="agem/gem: memory budget in samples")
+    p.add_argument("--png", type=Path, default=Path("docs/results/ibcl_pairs.png"), help="plot: output image")
     p.add_argument("--baselines_ref", default="issue-14")
     p.add_argument("--baselines_repo", type=Path, default=Path("/work/h14"))
     args = p.parse_args(argv)
     if args.command == "table":
         print(table(args.out))
+        return
+    if args.command == "plot":
+        print(plot(args.out, args.png))
         return
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:

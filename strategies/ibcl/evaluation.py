@@ -124,14 +124,16 @@ def task_accuracies(thetas: Tensor, datasets: Sequence[TensorData], features: Fe
     input tensor (CelebA's attribute tasks share the images) are predicted once.
     """
     out = torch.zeros(thetas.shape[0], len(datasets), dtype=torch.float64)
-    keys, parts = [], {}
+    Key = tuple[int, tuple[int, ...], int, int]
+    keys: list[Key] = []
+    parts: dict[Key, tuple[TensorData, int]] = {}
     for data in datasets:
         n = len(data)
         stop = n - n % batch_size if drop_last and n >= batch_size else n
         key = (data.x.data_ptr(), tuple(data.x.shape), stop, id(data.transform))
         keys.append(key)
         parts.setdefault(key, (data, stop))
-    cache: dict[tuple[int, tuple[int, ...], int, int], Tensor] = {}
+    cache: dict[Key, Tensor] = {}
     small = [k for k, (d, stop) in parts.items() if d.transform is None and stop <= batch_size]
     if len(small) > 1 and len({parts[k][0].x.shape[1:] for k in small}) == 1:  # small splits: one forward pass
         xs = [parts[k][0].x[: parts[k][1]] for k in small]

@@ -22,7 +22,7 @@ from strategies.ibcl.cli import main as generate_main
 from strategies.ibcl.credal import combination_weights, preferences
 from strategies.ibcl.evaluation import _FAITHFUL, DEFAULT_D_RMS, task_accuracies
 from strategies.ibcl.hdr import mixture_log_prob
-from strategies.ibcl.plot import pareto_points, plot_pareto
+from strategies.ibcl.plot import non_dominated, pareto_points, plot_pareto
 from tests.strategies.kwargs import adam
 
 STDS = [1.0, 1.5, 2.0]
@@ -172,14 +172,22 @@ def test_uniform_matrix_mode_is_task_agnostic(conflicting: RotatingBinary) -> No
 
 
 def test_checkpoint_restore_and_generate_command(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module, run_dir = trained
     restored = IBCL.from_checkpoint(run_dir)
     assert restored.kb.slots == module.kb.slots and torch.equal(restored.matrix_thetas, module.matrix_thetas)
     assert torch.equal(restored.generate_theta([0.4, 0.6], mode="sample"),
                        module.generate_theta([0.4, 0.6], mode="sample"))
+    capsys.readouterr()
     out = generate_main(["--run", str(run_dir), "--preference", "0.4", "0.6", "--mode", "mean",
                          "--out", str(tmp_path / "m.pt")])
+    printed = capsys.readouterr().out
+    val = task_accuracies(module.generate_theta([0.4, 0.6], mode="mean").unsqueeze(0), module._val_data(),
+                          module.features, module.sizes)[0]
+    assert "validation accuracy per task " + " ".join(f"{v:.4f}" for v in val.tolist()) in printed, printed
+    assert "no test accuracy" in printed  # this run directory has no config.yaml to rebuild the test data from
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["val_acc"] == pytest.approx(val.tolist()) and info["test_acc"] is None
     model = torch.load(out, weights_only=False)
     x = conflicting.experiences[1].test.x
     assert torch.allclose(model(x), module.generate([0.4, 0.6], mode="mean")(x))
@@ -198,14 +206,27 @@ def test_pareto_front_trades_the_two_tasks(trained: tuple[IBCL, Path], conflicti
                                            tmp_path: Path) -> None:
     module = trained[0]
     data = [e.test for e in conflicting.experiences]
-    pts = pareto_points(module, (0, 1), data, preferences=[(0.9, 0.1), (0.1, 0.9)], n_samples=20, alpha=0.05)
+    pts = pareto_points(module, (0, 1), data, preferences=[(0.9, 0.1), (0.1, 0.9)], n_samples=20, alpha=0.05,
+                        extra=[0.3, 0.7])
     assert len(pts["samples"][0]) == 20
     (a0, _), (a1, _) = pts["mean_model"]
     assert a0 > a1 + 0.1
+    (s0, _), (s1, _) = pts["selected"]  # the models IBCL returns trade the tasks off too
+    assert s0 > s1 + 0.1
+    every = [p for group in pts["samples"] for p in group] + pts["mean_model"] + pts["selected"] + [pts["extra"]["acc"]]
+    for p in pts["front"]:  # the front: no plotted model is at least as good on both tasks and better on one
+        assert not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in every)
+    assert all(any(q[0] >= p[0] and q[1] >= p[1] for q in pts["front"]) for p in every)  # and it covers every model
+    assert pts["extra"]["preference"] == [0.3, 0.7]
     path = plot_pareto(pts, tmp_path / "pareto.png")
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="two different tasks"):
         pareto_points(module, (0, 0), data)
+
+
+def test_non_dominated_by_hand() -> None:
+    points = [[0.9, 0.1], [0.5, 0.5], [0.4, 0.4], [0.1, 0.9], [0.5, 0.5], [0.9, 0.05]]
+    assert non_dominated(points) == [3, 1, 0]  # sorted by the first task; duplicates once, dominated ones out
 
 
 def test_faithful_mode_switches_every_row() -> None:
@@ -275,9 +296,14 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: 
         clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "1", "--out", "m.pt", "--mode", "bogus"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "invalid choice: 'bogus'" in err[0], err
-    clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt")])
+    clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt"),
+                "--pareto", "0", "1"])
     model = torch.load(tmp_path / "m.pt", weights_only=False)  # selected on the rebuilt scenario's validation data
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 1)
+    printed = capsys.readouterr().out
+    info = json.loads((tmp_path / "m.json").read_text())
+    assert len(info["test_acc"]) == 2 and "test accuracy per task" in printed  # the config rebuilt the test data
+    assert (tmp_path / "m_pareto_0_1.png").stat().st_size > 1000 and "with the preference model" in printed
 
 
 def test_task_accuracies_predict_shared_inputs_once_and_correctly() -> None:
