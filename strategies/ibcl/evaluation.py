@@ -28,7 +28,7 @@ from strategies.ibcl.metrics import (
     weight_rank_correlation,
 )
 
-__all__ = ["DEFAULT_D_RMS", "IBCLOptions", "StageSelection", "draw_models", "prune_threshold", "reference_preferences",
+__all__ = ["DEFAULT_D_REL", "IBCLOptions", "StageSelection", "draw_models", "prune_threshold", "reference_preferences",
            "region", "resolve_options", "select_stage", "task_accuracies", "test_stage"]
 
 Features = Callable[[Tensor], Tensor]
@@ -41,7 +41,7 @@ class IBCLOptions:
     objective: Literal["elbo", "official"] = "elbo"
     init: Literal["standard", "official"] = "standard"
     distance: Literal["w2", "official"] = "w2"
-    d: float | None = None  # None: DEFAULT_D_RMS * sqrt(P) (see prune_threshold)
+    d: float | None = None  # None: DEFAULT_D_REL * mean prior std * sqrt(P) (see prune_threshold)
     combine: Combine = "mixture"
     threshold: Threshold = "bound"
     alpha: float = 0.01  # paper convention: the HDR has mass 1 - alpha
@@ -56,9 +56,10 @@ class IBCLOptions:
     sample_scale: float = 1.0
 
 
-DEFAULT_D_RMS = 0.2
-"""Default pruning threshold per coordinate: a posterior is pruned when its W2 distance to a stored one is at most
-``DEFAULT_D_RMS * sqrt(P)`` (``docs/methods/ibcl.md``, "Pruning")."""
+DEFAULT_D_REL = 0.1
+"""Default pruning threshold, per coordinate and in units of the chains' mean prior standard deviation ``s``: a
+posterior is pruned when its W2 distance to a stored one is at most ``DEFAULT_D_REL * mean(s_j) * sqrt(P)``
+(posteriors, and the distances between them, scale with the prior's width; ``docs/methods/ibcl.md``, "Pruning")."""
 
 _FAITHFUL: dict[str, Any] = {"objective": "official", "init": "official", "distance": "official", "d": 0.01,
                              "combine": "moment_average", "sample_per": "tensor", "selection": "test_oracle",
@@ -94,9 +95,10 @@ def resolve_options(*, faithful: bool, alpha: float | None, alpha_convention: Li
     return opts
 
 
-def prune_threshold(opts: IBCLOptions, num_params: int) -> float:
-    """The pruning threshold ``d`` in use: the given one, else ``DEFAULT_D_RMS * sqrt(P)`` (W2)."""
-    return float(opts.d) if opts.d is not None else DEFAULT_D_RMS * num_params ** 0.5
+def prune_threshold(opts: IBCLOptions, num_params: int, prior_std: float) -> float:
+    """The pruning threshold ``d`` in use: the given one, else ``DEFAULT_D_REL * prior_std * sqrt(P)`` (W2), with
+    ``prior_std`` the chains' mean base prior standard deviation."""
+    return float(opts.d) if opts.d is not None else DEFAULT_D_REL * prior_std * num_params ** 0.5
 
 
 def region(kb: KnowledgeBase, preference: Tensor, opts: IBCLOptions,

@@ -80,8 +80,8 @@ class IBCL(ContinualModule):
         num_samples: Models ``K`` sampled per preference.
         alpha: HDR level (``None``: paper 0.01, or the official code's ``0.01`` read as mass when faithful).
         alpha_convention: ``"paper"`` (mass ``1 - alpha``) or ``"code"`` (``alpha`` is the mass).
-        d: Pruning threshold, a W2 distance (``None``: ``DEFAULT_D_RMS * sqrt(P)`` clean, 0.01 of the official
-            distance faithful; 0 disables pruning).
+        d: Pruning threshold, a W2 distance (``None``: ``DEFAULT_D_REL * mean(prior_stds) * sqrt(P)`` clean, 0.01
+            of the official distance faithful; 0 disables pruning).
         combine: ``"mixture"`` (default: the HDR of the mixture, mass >= ``1 - alpha``) or ``"moment_average"``
             (the official code's box around one averaged Gaussian; faithful default).
         threshold: How the mixture HDR's level is found: ``"bound"`` (exact chi-square bound, mass >= ``1 - alpha``)
@@ -282,7 +282,7 @@ class IBCL(ContinualModule):
     def on_experience_end(self, experience: Experience) -> None:
         assert self.posterior is not None
         self._fit = self._fit_diagnostics(experience)
-        d = prune_threshold(self.opts, self.posterior.mu.shape[1])
+        d = prune_threshold(self.opts, self.posterior.mu.shape[1], self._mean_prior_std)
         self.kb.update(self.posterior.mu.detach().cpu(), self.posterior.sigma.detach().cpu(), d=d,
                        distance=self.opts.distance)
         stage = self.kb.num_tasks - 1
@@ -298,6 +298,10 @@ class IBCL(ContinualModule):
             self.matrix_thetas.copy_(uniform.expand_as(self.matrix_thetas))
             if self.matrix_preference == "task":
                 self.matrix_thetas[: stage + 1] = self._stage.task_models.to(self.matrix_thetas)
+
+    @property
+    def _mean_prior_std(self) -> float:
+        return sum(self.prior_stds) / len(self.prior_stds)
 
     @torch.no_grad()
     def _fit_diagnostics(self, experience: Experience) -> dict[str, list[float]]:
@@ -321,7 +325,7 @@ class IBCL(ContinualModule):
             return
         result = test_stage(self._stage, self.kb, data, self.features, self.sizes, self.opts)
         result["nn_distances_rms"] = [v / math.sqrt(self.kb.mus[0].numel()) for v in self.kb.nn_distances[row]]
-        result["prune_d"] = prune_threshold(self.opts, self.kb.mus[0].numel())
+        result["prune_d"] = prune_threshold(self.opts, self.kb.mus[0].numel(), self._mean_prior_std)
         result["fit"] = self._fit
         matrix = stack_stages([torch.tensor(r["per_task_acc"]) for r in [*self.stage_results, result]])
         result["bwt"] = standard_bwt(matrix)

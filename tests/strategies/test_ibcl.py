@@ -19,8 +19,8 @@ from scenarios.toy import ToySplit
 from strategies.ibcl import IBCL
 from strategies.ibcl.bayes import mlp_forward
 from strategies.ibcl.cli import main as generate_main
-from strategies.ibcl.credal import combination_weights, preferences
-from strategies.ibcl.evaluation import _FAITHFUL, DEFAULT_D_RMS, task_accuracies
+from strategies.ibcl.credal import KnowledgeBase, combination_weights, preferences
+from strategies.ibcl.evaluation import _FAITHFUL, DEFAULT_D_REL, prune_threshold, task_accuracies
 from strategies.ibcl.hdr import mixture_log_prob
 from strategies.ibcl.plot import non_dominated, pareto_points, plot_pareto
 from tests.strategies.kwargs import adam
@@ -87,9 +87,9 @@ def test_accuracy_on_a_task_rises_with_its_preference_weight(trained: tuple[IBCL
     assert selected[1, 0] > selected[0, 0] + 0.1 and selected[0, 1] > selected[1, 1] + 0.1, selected
 
 
-def test_default_pruning_keeps_at_most_m_posteriors_for_a_repeated_task() -> None:
-    """Six fresh samples of one task: pruning (on by default at DEFAULT_D_RMS * sqrt(P)) stores no more than the m
-    posteriors of its first fit; without pruning every fit is stored."""
+def test_pruning_is_on_by_default_and_slows_growth_on_a_repeated_task() -> None:
+    """Six fresh samples of one task: the default threshold DEFAULT_D_REL * mean(s) * sqrt(P) prunes refits onto
+    stored posteriors (growth per task <= m, fewer than without pruning); d = 0 stores every fit."""
     stream = RotatingBinary(num_experiences=6, angle=0.0, seed=1, train_samples=200)
     full = _train(stream, d=0.0, num_preferences=1, num_samples=2)
     pruned = _train(stream, num_preferences=1, num_samples=2)
@@ -97,10 +97,29 @@ def test_default_pruning_keeps_at_most_m_posteriors_for_a_repeated_task() -> Non
     kb_bytes = m * tasks * 2 * p * 4  # posteriors: mean and std, float32
     assert len(full.kb) == m * tasks and full.strategy_state_bytes() == kb_bytes + memory_bytes(full.val_sets)
     curve = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
-    assert curve == sorted(curve) and curve[-1] == len(pruned.kb) <= m, curve
-    assert pruned.stage_results[-1]["prune_d"] == pytest.approx(DEFAULT_D_RMS * math.sqrt(p))
-    assert {s for row in pruned.kb.slots[1:] for s in row} <= set(range(m))  # later tasks point at task-0 points
+    assert curve[-1] == len(pruned.kb) <= m * tasks * 2 // 3, curve
+    assert all(0 <= b - a <= m for a, b in zip(curve, curve[1:])), curve
+    assert pruned.stage_results[-1]["prune_d"] == pytest.approx(DEFAULT_D_REL * sum(STDS) / len(STDS) * math.sqrt(p))
+    reused = [s for task, row in enumerate(pruned.kb.slots) for s in row if pruned.kb.origins[s][0] < task]
+    assert reused  # later tasks point at earlier tasks' posteriors
     assert pruned.strategy_state_bytes() < full.strategy_state_bytes()
+
+
+def test_default_threshold_keeps_m_per_distinct_task_for_near_duplicate_posteriors() -> None:
+    """At the knowledge-base level: refits that differ by 0.03 prior stds per coordinate are pruned (m per distinct
+    task over three repeats of two tasks), posteriors of tasks 0.3 prior stds apart are all kept."""
+    gen = torch.Generator().manual_seed(0)
+    p, s = 65, 1.5
+    opts = IBCL(prior_stds=[1.0, 1.5, 2.0]).opts
+    d = prune_threshold(opts, p, s)
+    tasks = [torch.randn(3, p, generator=gen) * 0.3 * s for _ in range(2)]  # two tasks' m = 3 chain means
+    kb = KnowledgeBase()
+    for _ in range(3):
+        for mu in tasks:
+            noisy = mu + torch.randn(3, p, generator=gen) * 0.03 * s
+            kb.update(noisy, torch.full((3, p), 0.5 * s), d=d)
+    assert len(kb) == 2 * 3, kb.slots
+    assert min(v for row in kb.nn_distances[:2] for v in row if v == v) > d  # distinct posteriors are never merged
 
 
 def test_same_seed_gives_the_same_generated_model(trained: tuple[IBCL, Path], conflicting: RotatingBinary) -> None:
