@@ -17,8 +17,8 @@ Methods (one JSON file per method, dataset and seed under ``--out``):
   preference-weighted loss over the seen tasks' data, Adam, the epoch kept on validation; cost in batch updates.
 - ``vcl``: :class:`strategies.VCL` (coreset), its predictive posterior's models for the preferences by IBCL's rule
   (the best of ``K`` draws on preference-weighted validation accuracy).
-- ``agem`` / ``gem``: ``strategies/agem.py`` and ``strategies/gem.py`` read from a git ref (``--baselines_ref``,
-  default ``issue-14`` fetched from ``/work/h14``) without adding them to this tree; a logistic-regression head
+- ``agem`` / ``gem``: ``strategies.AGEM`` / ``strategies.GEM`` (when this tree lacks them, read from a git ref,
+  ``--baselines_ref`` of ``--baselines_repo``, without adding them to the tree); a logistic-regression head
   (2-way softmax over the features); one model serves every preference.
 - ``lr``: per-task logistic regression (scikit-learn, ``C`` on validation): what each posterior should reach.
 
@@ -223,9 +223,13 @@ def _trainer(epochs: int) -> Any:
 
 
 def load_replay_baselines(ref: str, repo: Path) -> types.ModuleType:
-    """``strategies.rehearsal``, ``strategies.agem`` and ``strategies.gem`` from git ``ref`` (not in this tree)."""
+    """``strategies.rehearsal``, ``strategies.agem`` and ``strategies.gem``: this tree's if it has them, otherwise
+    read from git ``ref`` of ``repo`` without adding them to the tree."""
     import strategies
 
+    if importlib.util.find_spec("strategies.gem") is not None:
+        importlib.import_module("strategies.agem")
+        return importlib.import_module("strategies.gem")
     subprocess.run(["git", "-C", str(ROOT), "fetch", "-q", str(repo), ref], check=True)
     folder = Path(tempfile.mkdtemp(prefix="clkit_baselines_"))
     for name in ("rehearsal", "agem", "gem"):
@@ -393,7 +397,7 @@ def plot(out: Path, png: Path) -> Path:
         ax.set_title({"digits": "BinaryDigits (64 pixels)", "mnist": "MNIST-5k pairs, 512-d PCA"}[dataset])
         ax.set_xlabel("tasks seen")
         ax.set_xticks(range(1, 6))
-    axes[0].set_ylabel("average per-task accuracy of the preference models (%)")
+    axes[0].set_ylabel("avg per-task acc, preference models (%)")
     axes[1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
