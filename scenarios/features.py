@@ -1,7 +1,9 @@
 """Streams of pre-extracted feature vectors (IBCL's protocol; also handy for fast sweeps).
 
 ``scripts/extract_features.py`` runs a frozen backbone over any scenario and writes such a file; :class:`FeatureStream`
-reads it back as a scenario. The stream is already tensors, so it is built directly (no Avalanche round trip, which
+reads it back as a scenario. :class:`PerClassFeatures` reads the official IBCL code's per-class ``.npz`` files
+(``<prefix>_{train,test}_<class>.npz``) directly, as binary pair tasks, with no conversion step (config class path
+``scenarios.features.PerClassFeatures``). The stream is already tensors, so it is built directly (no Avalanche round trip, which
 would copy features that experiences share, e.g. CelebA's 15 tasks over the same images).
 
 File format, ``.pt`` (``torch.save`` of a dict; tensors shared between experiences are stored once)::
@@ -37,7 +39,7 @@ from torch import Tensor
 from clkit.data import SETTINGS, ContinualDataModule, Experience, TensorData, split_train_val
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["FORMAT", "FeatureStream", "load_feature_file", "save_feature_file"]
+__all__ = ["FORMAT", "FeatureStream", "PerClassFeatures", "load_feature_file", "save_feature_file"]
 
 FORMAT = "clkit.features"
 PARTS = ("train", "val", "test")
@@ -203,3 +205,73 @@ class FeatureStream(ContinualDataModule):
     def task_ids_at_test(self) -> bool:  # type: ignore[override]
         self.experiences
         return self._file_task_ids
+
+
+class PerClassFeatures(ContinualDataModule):
+    """Binary pair tasks read from feature files in the official IBCL code's per-class layout.
+
+    The layout (what the official ``preprocess_data.py`` writes for Split-CIFAR-10/100 and TinyImageNet)::
+
+        <root>/<prefix>_train_<class>.npz    # arrays "features" (N, D) or (N, D, 1, 1) and "labels" (N,)
+        <root>/<prefix>_test_<class>.npz
+
+    Task ``t`` is ``pairs[t] = (a, b)``: class ``a`` is label 0 and ``b`` label 1 (as the official loaders, whose
+    second class of each pair is the positive one). As the official split does, the first ``train_per_class`` rows
+    of each class's train file train and the remaining rows validate; the test file tests. Domain-IL, one shared
+    head, no task id at test.
+
+    Args:
+        root: Folder of the ``.npz`` files.
+        prefix: File prefix (``cifar100``, ``tinyimagenet``, ``mnist``, ...).
+        pairs: Class pairs, one per task.
+        train_per_class: Training rows per class (the rest validate; ``None``: all train, ``val_fraction`` then
+            carves a seeded validation split).
+        feature_key, label_key: Array names inside the files.
+        **kwargs: Other :class:`clkit.data.ContinualDataModule` arguments.
+    """
+
+    setting = "domain-il"
+    task_ids_at_test = False
+
+    def __init__(self, *, root: str, prefix: str, pairs: list[list[int]], train_per_class: Optional[int] = None,
+                 feature_key: str = "features", label_key: str = "labels", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not pairs or any(len(p) != 2 or p[0] == p[1] for p in pairs):
+            raise ConfigError(f"pairs must be a non-empty list of two different class ids each, got {pairs}")
+        if train_per_class is not None and train_per_class < 1:
+            raise ConfigError(f"train_per_class must be >= 1 (or null), got {train_per_class}")
+        self.root, self.prefix, self.pairs = root, prefix, [[int(a), int(b)] for a, b in pairs]
+        self.train_per_class, self.feature_key, self.label_key = train_per_class, feature_key, label_key
+
+    def _read(self, part: str, cls: int) -> Tensor:
+        path = Path(self.root).expanduser() / f"{self.prefix}_{part}_{cls}.npz"
+        if not path.is_file():
+            raise DataError(f"per-class feature file {path} not found (expected <root>/<prefix>_{{train,test}}_"
+                            f"<class>.npz, the official IBCL layout)")
+        with np.load(path, allow_pickle=False) as z:
+            if self.feature_key not in z.files:
+                raise DataError(f"{path} has no array {self.feature_key!r} (it has {z.files})")
+            x = torch.from_numpy(np.asarray(z[self.feature_key], dtype=np.float32))
+        return x.reshape(len(x), -1)  # (N, D, 1, 1) -> (N, D)
+
+    def build(self) -> list[Experience]:
+        exps = []
+        for i, (a, b) in enumerate(self.pairs):
+            parts: dict[str, list[TensorData]] = {"train": [], "val": [], "test": []}
+            for label, cls in ((0, a), (1, b)):
+                train, test = self._read("train", cls), self._read("test", cls)
+                n = self.train_per_class or len(train)
+                if n > len(train) or (self.train_per_class is not None and n == len(train)):
+                    raise DataError(f"class {cls} has {len(train)} training rows; train_per_class={n} leaves no "
+                                    "validation rows")
+                for name, x in (("train", train[:n]), ("val", train[n:]), ("test", test)):
+                    if len(x):
+                        parts[name].append(TensorData(x, torch.full((len(x),), label), torch.full((len(x),), i)))
+            joined = {k: TensorData(torch.cat([d.x for d in v]), torch.cat([d.y for d in v]),
+                                    torch.cat([d.t for d in v])) for k, v in parts.items() if v}
+            train_part, val_part = joined["train"], joined.get("val")
+            if val_part is None:
+                train_part, val_part = split_train_val(train_part, self.val_fraction, seed=self.seed * 7919 + i,
+                                                       first=self.val_split == "first")
+            exps.append(Experience(i, i, (0, 1), train_part, val_part, joined["test"], f"{a} vs {b}"))
+        return exps

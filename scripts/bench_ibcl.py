@@ -1,9 +1,12 @@
 """Benchmark IBCL's zero-shot generation against retraining per preference, and its knowledge-base growth.
 
-    python scripts/bench_ibcl.py [--quick]
+    python scripts/bench_ibcl.py [--quick] [--features features/mnist5k_pairs_pca512.pt] [--threads 1]
 
-Trains IBCL on a synthetic binary domain-IL stream of 512-d features (the protocol's feature width) with a
-~100k-parameter head (512-192-16-1 = 101,601 parameters), then
+With ``--features`` (a feature file, e.g. ``scripts/mnist_pairs_features.py``'s), trains the shipped IBCL config of
+``configs/ibcl_mnist_pairs.yaml`` on it and times a model for a new preference (the default ``select`` mode: HDR,
+``K`` draws, validation selection), median wall and CPU time over 50 new preferences. Otherwise it trains IBCL on a
+synthetic binary domain-IL stream of 512-d features (the protocol's feature width) with a ~100k-parameter head
+(512-192-16-1 = 101,601 parameters), then
 
 - times generating a model for new preferences (HDR + sampling, plus validation selection of K = 10 samples),
 - times retraining one deterministic model of the same head for one preference (preference-weighted loss over the
@@ -32,6 +35,7 @@ from strategies.ibcl.bayes import num_params, to_sequential
 from strategies.ibcl.credal import preferences
 
 HIDDEN = [192, 16]
+NO_MATRIX = torch.zeros(1, 1)  # (IBCL's extra results do not read the test matrix)
 
 
 def _median_ms(fn: Callable[[], object], repeats: int) -> float:
@@ -46,7 +50,8 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 
 def _train_ibcl(stream: RotatingBinary, epochs: int, d: float) -> tuple[IBCL, float]:
     pl.seed_everything(0, verbose=False)
-    module = IBCL(hidden=HIDDEN, prior_stds=[1.0, 1.5, 2.0], lr=0.005, d=d, num_preferences=5, num_samples=10)
+    module = IBCL(hidden=HIDDEN, prior_stds=[1.0, 1.5, 2.0], optimizer={"class_path": "torch.optim.Adam",
+                  "init_args": {"lr": 0.005}}, d=d, num_preferences=5, num_samples=10)
     start = time.perf_counter()
     StreamRun(module, stream, trainer_factory(max_epochs=epochs)).run()
     return module, time.perf_counter() - start
@@ -69,6 +74,48 @@ def _retrain(exps: Sequence[Experience], w: torch.Tensor, epochs: int, batch_siz
             loss.backward()
             opt.step()
     return time.perf_counter() - start
+
+
+def _median_cpu_ms(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
+    """Median wall and process-CPU milliseconds of ``fn`` (CPU time is what a shared machine does not inflate)."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(1000 * (time.perf_counter() - w))
+        cpu.append(1000 * (time.process_time() - c))
+    return statistics.median(wall), statistics.median(cpu)
+
+
+def bench_features(path: str, threads: int | None, repeats: int = 50) -> None:
+    """Train the shipped MNIST-pairs config on the feature file ``path`` and time new preferences' models."""
+    import tempfile
+    from pathlib import Path
+
+    from clkit.cli.fit import run_fit
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "ibcl_mnist_pairs.yaml"
+    with tempfile.TemporaryDirectory() as run_dir:
+        start = time.perf_counter()
+        run_fit(["--config", str(config), "--data.init_args.path", path, "--run_dir", run_dir,
+                 "--trainer.enable_progress_bar", "false"])
+        fit_seconds = time.perf_counter() - start
+        module = IBCL.from_checkpoint(run_dir)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    stage = module.kb.num_tasks - 1
+    prefs = preferences(stage, repeats, seed=123)  # new preferences, never used during training
+    it = iter(range(10**9))
+
+    def one(mode: str) -> Callable[[], object]:
+        return lambda: module.generate_theta(prefs[next(it) % repeats], mode=mode)  # type: ignore[arg-type]
+
+    print(f"IBCL on {path}: {stage + 1} tasks, KB {len(module.kb)} posteriors of P = {num_params(module.sizes)}, "
+          f"K = {module.opts.num_samples}; trained in {fit_seconds:.1f} s; {torch.get_num_threads()} torch threads")
+    for mode in ("mean", "sample", "select"):
+        wall, cpu = _median_cpu_ms(one(mode), repeats)
+        print(f"  new preference, mode {mode:<6}: {wall:7.2f} ms wall, {cpu:7.2f} ms CPU (median of {repeats})")
 
 
 def main(quick: bool = False, threads: int | None = None) -> None:
@@ -106,11 +153,11 @@ def main(quick: bool = False, threads: int | None = None) -> None:
           f"{epochs} epochs over {tasks} tasks' data)")
 
     print("\nknowledge-base size per task (stored posteriors; m x tasks without pruning):")
-    print(f"  d = 0      : {module.extra_results()['ibcl']['kb_size']}  ({module.strategy_state_bytes():,} bytes)")
+    print(f"  d = 0      : {module.extra_results(NO_MATRIX)['ibcl']['kb_size']}  ({module.strategy_state_bytes():,} bytes)")
     dists = [v for row in module.kb.nn_distances[1:] for v in row]
     d = statistics.median(dists)
     pruned, _ = _train_ibcl(stream, epochs, d=d)
-    print(f"  d = {d:<7.3f}: {pruned.extra_results()['ibcl']['kb_size']}  ({pruned.strategy_state_bytes():,} bytes; "
+    print(f"  d = {d:<7.3f}: {pruned.extra_results(NO_MATRIX)['ibcl']['kb_size']}  ({pruned.strategy_state_bytes():,} bytes; "
           f"d = median nearest-point W2 distance of the unpruned run)")
     print("  posterior fits per task: m = 3 regardless of the number of preferences; generation adds none")
 
@@ -118,5 +165,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller stream (seconds)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--features", default=None, help="time the shipped MNIST-pairs config on this feature file")
     cli = parser.parse_args()
-    main(quick=cli.quick, threads=cli.threads)
+    if cli.features:
+        bench_features(cli.features, cli.threads)
+    else:
+        main(quick=cli.quick, threads=cli.threads)

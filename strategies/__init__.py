@@ -1,8 +1,8 @@
 """clkit strategies. Importing this package makes every strategy resolvable by its short name in configs.
 
-The baselines are small modules here (``naive``, ``joint``, ``ewc``, ``si``, ``mas``, ``lwf``, ``hat``, ``ogd``, and
-the replay strategies ``er``, ``der``, ``agem``, ``gem``, ``icarl`` on the buffer of ``rehearsal``); each method family is a sub-package with its
-methods, math and protocol networks: :mod:`strategies.projection` (GPM, TRGP, CUBER), :mod:`strategies.supermask`
+The baselines are small modules here (``naive``, ``joint``, ``ewc``, ``si``, ``mas``, ``lwf``, ``hat``, ``ogd``,
+``vcl``, and the replay strategies ``er``, ``der``, ``agem``, ``gem``, ``icarl`` on the buffer of ``rehearsal``); each
+method family is a sub-package with its methods, math and protocol networks: :mod:`strategies.projection` (GPM, TRGP, CUBER), :mod:`strategies.supermask`
 (SupSup, ExSSNeT) and :mod:`strategies.ibcl` (IBCL). ``STRATEGIES`` is the explicit registry, in README order.
 """
 
@@ -22,8 +22,10 @@ from strategies.ogd import OGD
 from strategies.projection import CUBER, GPM, TRGP
 from strategies.si import SI
 from strategies.supermask import ExSSNeT, SupSup
+from strategies.vcl import VCL
 
 __all__ = ["AGEM", "CUBER", "DER", "ER", "EWC", "GEM", "GPM", "HAT", "IBCL", "MAS", "OGD", "SI", "STRATEGIES", "TRGP",
-           "ExSSNeT", "ICaRL", "Joint", "LwF", "Naive", "SupSup"]
+           "VCL", "ExSSNeT", "ICaRL", "Joint", "LwF", "Naive", "SupSup"]
 
-STRATEGIES = (Naive, Joint, EWC, SI, MAS, LwF, ER, DER, AGEM, GEM, ICaRL, HAT, OGD, GPM, TRGP, CUBER, SupSup, ExSSNeT, IBCL)
+STRATEGIES = (Naive, Joint, EWC, SI, MAS, LwF, ER, DER, AGEM, GEM, ICaRL, HAT, OGD, GPM, TRGP, CUBER, SupSup, ExSSNeT, IBCL,
+              VCL)

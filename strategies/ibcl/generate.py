@@ -42,16 +42,26 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def summarise(stages: list[dict[str, Any]], options: dict[str, Any], kb: KnowledgeBase) -> dict[str, Any]:
+MATRIX_CELLS = {
+    "task": "R[i][j]: the stage-i model for the one-hot preference on task j, tested on task j (task-aware: the test "
+            "batch's task id names the preference); unseen tasks (j > i): the uniform preference over tasks 0..i",
+    "uniform": "R[i][j]: the stage-i model for the uniform preference over tasks 0..i, on every task (task-agnostic)",
+}
+
+
+def summarise(stages: list[dict[str, Any]], options: dict[str, Any], kb: KnowledgeBase,
+              matrix_preference: str = "task") -> dict[str, Any]:
     """The ``"ibcl"`` entry of ``results.json``: per-stage curves first, then every stage's details."""
     matrix = stack_stages([torch.tensor(s["per_task_acc"]) for s in stages]) if stages else torch.zeros(0, 0)
     return json_safe({
         "options": options,
+        "matrix_cells": MATRIX_CELLS[matrix_preference],
         "per_task_acc_matrix": matrix.tolist(),
         "avg_per_task_acc": [s["avg_per_task_acc"] for s in stages],
         "peak_per_task_acc": [s["peak_per_task_acc"] for s in stages],
         "bt_ibcl": [s["bt_ibcl"] for s in stages],
         "bwt": [s.get("bwt") for s in stages],
+        "spearman": [s.get("spearman") for s in stages],
         "kb_size": [s["kb_size"] for s in stages],
         "kb_bytes": kb.nbytes(),
         "kb_origins": kb.origins,

@@ -18,7 +18,9 @@ __all__ = [
     "preference_weighted_accuracy",
     "select_by_validation",
     "stack_stages",
+    "spearman",
     "standard_bwt",
+    "weight_rank_correlation",
 ]
 
 
@@ -108,3 +110,48 @@ def stack_stages(per_stage: list[Tensor]) -> Tensor:
             raise ValueError(f"stage {i} has {row.numel()} per-task values, expected {i + 1}")
         r[i, : i + 1] = row.double()
     return r
+
+
+def _ranks(x: Tensor) -> Tensor:
+    """Average ranks (1-based; ties share the mean of their ranks), float64."""
+    x = x.double()
+    order = torch.argsort(x, stable=True)
+    ranks = torch.empty_like(x)
+    ranks[order] = torch.arange(1, len(x) + 1, dtype=torch.float64)
+    for value in torch.unique(x):
+        tied = x == value
+        if int(tied.sum()) > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman(a: Tensor, b: Tensor) -> float:
+    """Spearman's rank correlation of two vectors (ties: average ranks); ``nan`` when either is constant."""
+    if a.shape != b.shape or a.dim() != 1 or a.numel() < 2:
+        raise ValueError(f"spearman needs two vectors of the same length >= 2, got {tuple(a.shape)}, {tuple(b.shape)}")
+    ra, rb = _ranks(a), _ranks(b)
+    ra, rb = ra - ra.mean(), rb - rb.mean()
+    denom = float(ra.norm() * rb.norm())
+    return float((ra @ rb) / denom) if denom > 0 else float("nan")
+
+
+def weight_rank_correlation(prefs: Tensor, acc: Tensor) -> list[float]:
+    r"""Per task ``l``: Spearman's correlation over the ``M`` preferences between ``w^{(p)}_l`` and ``a_{p,l}``.
+
+    1 when a task's accuracy rises with its weight in every pair of preferences; ``nan`` for a single task or a
+    constant accuracy. Args as :func:`preference_weighted_accuracy`; returns (L,) as a list.
+    """
+    if prefs.shape != acc.shape or prefs.dim() != 2:
+        raise ValueError(f"prefs and acc must both be (M, L), got {tuple(prefs.shape)} and {tuple(acc.shape)}")
+    if prefs.shape[1] < 2 or prefs.shape[0] < 2:
+        return [float("nan")] * prefs.shape[1]
+    return [spearman(prefs[:, col], acc[:, col]) for col in range(prefs.shape[1])]
+
+
+def stage_summary(prefs: Tensor, acc: Tensor) -> dict[str, object]:
+    """The preference metrics of one stage from the reported models' accuracies ``acc`` (M, L): the per-task
+    accuracies, their average and peak, ``bt_ibcl`` and the per-task rank correlations (JSON-able)."""
+    per_task = preference_weighted_accuracy(prefs, acc)
+    return {"per_task_acc": per_task.tolist(), "avg_per_task_acc": average_per_task(per_task),
+            "peak_per_task_acc": peak_per_task(per_task), "bt_ibcl": bt_ibcl(per_task),
+            "spearman": weight_rank_correlation(prefs, acc)}

@@ -29,6 +29,7 @@ STRATEGY_KWARGS: dict[str, dict[str, Any]] = {
     "TRGP": {"optimizer": sgd(0.05), "rep_samples": 64, "trust_samples": 64},
     "CUBER": {"optimizer": sgd(0.05), "rep_samples": 64, "trust_samples": 64},
     "IBCL": {"optimizer": adam(0.05), "prior_stds": [1.0, 1.5], "num_preferences": 3, "num_samples": 4},
+    "VCL": {"optimizer": adam(0.05), "coreset_size": 5, "coreset_epochs": 2},
     "SupSup": {"optimizer": adam(0.05, 1e-4), "density": 0.3},
     "ExSSNeT": {"optimizer": adam(0.01), "density": 0.3, "mask_epochs": 1, "weight_epochs": 1, "mask_lr": 0.05},
 }

@@ -15,11 +15,13 @@ from strategies.ibcl.bayes import (
     layer_sizes,
     log_normal,
     mlp_forward,
+    mlp_forward_local,
     negative_elbo,
     nll,
     num_params,
     official_distance,
     softplus_inv,
+    tempered_prior,
     to_sequential,
     w2_diag_gaussians,
 )
@@ -161,3 +163,40 @@ def test_load_gaussians_and_softplus_inv() -> None:
     assert F.softplus(torch.tensor(softplus_inv(0.1))) == pytest.approx(0.1)
     with pytest.raises(ValueError, match="x > 0"):
         softplus_inv(0.0)
+
+
+def test_tempered_prior_interpolates_between_the_posterior_and_the_base_prior() -> None:
+    mu, sigma = torch.tensor([[1.0, -2.0]]), torch.tensor([[0.5, 0.2]])
+    same_mu, same_sigma = tempered_prior(mu, sigma, 2.0, 1.0)
+    assert torch.allclose(same_mu, mu) and torch.allclose(same_sigma, sigma)  # VCL: the posterior itself
+    base_mu, base_sigma = tempered_prior(mu, sigma, 2.0, 0.0)
+    assert torch.equal(base_mu, torch.zeros_like(mu)) and torch.allclose(base_sigma, torch.full_like(sigma, 2.0))
+    half_mu, half_sigma = tempered_prior(mu, sigma, 2.0, 0.5)  # precisions average, means precision-weighted
+    precision = 0.5 / sigma.pow(2) + 0.5 / 4.0
+    assert torch.allclose(half_sigma, precision.rsqrt()) and torch.allclose(half_mu, 0.5 * mu / sigma.pow(2) / precision)
+    assert (half_sigma > sigma).all() and (half_mu.abs() < mu.abs()).all()  # broader and shrunk towards 0
+    with pytest.raises(ValueError, match="weights"):
+        tempered_prior(mu, sigma, 2.0, 1.5)
+
+
+@pytest.mark.parametrize("sizes", [(3, 1), (3, 4, 2)])
+def test_local_reparameterisation_matches_weight_sampling_in_distribution(sizes: tuple[int, ...]) -> None:
+    """The first layer's pre-activations have the same mean and variance by either route (and the logits of a
+    linear head the same law)."""
+    gen = torch.Generator().manual_seed(0)
+    p = num_params(sizes)
+    mu, sigma = torch.randn(2, p, generator=gen, dtype=torch.float64), torch.rand(2, p, generator=gen,
+                                                                                  dtype=torch.float64) + 0.1
+    x = torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    first = (sizes[0], sizes[1])
+    n_first = num_params(first)
+    torch.manual_seed(0)
+    local = torch.stack([mlp_forward_local(mu[:, :n_first], sigma[:, :n_first], x, first) for _ in range(4000)])
+    eps = torch.randn(4000, 2, n_first, generator=gen, dtype=torch.float64)
+    weights = mu[:, :n_first] + sigma[:, :n_first] * eps  # (S, m, P)
+    direct = torch.stack([mlp_forward(w, x, first) for w in weights])  # (S, m, B, out)
+    assert torch.allclose(local.mean(0), direct.mean(0), atol=0.15)
+    assert torch.allclose(local.var(0), direct.var(0), rtol=0.15, atol=0.05)
+    assert mlp_forward_local(mu, sigma, x, sizes).shape == (2, 5, sizes[-1])
+    with pytest.raises(ValueError, match="parameters"):
+        mlp_forward_local(mu[:, :-1], sigma[:, :-1], x, sizes)

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from torch import Tensor
 
 from strategies.ibcl.bayes import segment_lengths
 from strategies.ibcl.credal import KnowledgeBase, combination_weights, preferences
 from strategies.ibcl.hdr import (
     build_hdr,
+    empirical_coverage,
     hdr_box,
     mixture_log_prob,
     mixture_threshold,
+    mixture_threshold_bound,
     moment_average,
     paper_alpha,
     sample_box,
@@ -25,8 +30,10 @@ from strategies.ibcl.metrics import (
     peak_per_task,
     preference_weighted_accuracy,
     select_by_validation,
+    spearman,
     stack_stages,
     standard_bwt,
+    weight_rank_correlation,
 )
 
 F64 = torch.float64
@@ -195,15 +202,59 @@ def test_build_hdr_moment_average_and_mixture() -> None:
     gen = torch.Generator().manual_seed(15)
     beta = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
     mus, sigmas = torch.randn(3, 4, generator=gen, dtype=F64), torch.rand(3, 4, generator=gen, dtype=F64) + 0.1
-    box = build_hdr(beta, mus, sigmas, 0.01)
+    box = build_hdr(beta, mus, sigmas, 0.01, combine="moment_average")
     assert torch.allclose(box.mean, mus[1]) and torch.allclose(box.hi - box.mean, z_value(0.01) * sigmas[1])
     draws = box.sample(50, generator=gen)
     assert ((draws >= box.lo) & (draws <= box.hi)).all()
-    mix = build_hdr(beta, mus, sigmas, 0.1, combine="mixture", n_hdr_samples=2_000, generator=gen)
+    mix = build_hdr(beta, mus, sigmas, 0.1, combine="mixture", threshold="monte_carlo", n_hdr_samples=2_000,
+                    generator=gen)
     assert mix.mus is not None and mix.mus.shape == (1, 4)  # zero-weight components dropped
     assert torch.allclose(mix.mean, mus[1]) and mix.sample(10, generator=gen).shape == (10, 4)
     with pytest.raises(ValueError, match="combine"):
         build_hdr(beta, mus, sigmas, 0.1, combine="median")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="threshold"):
+        build_hdr(beta, mus, sigmas, 0.1, threshold="exact")  # type: ignore[arg-type]
+
+
+def _components(separation: float, e: int = 6, p: int = 300, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    mus = torch.randn(e, p, generator=gen, dtype=F64) * separation
+    sigmas = torch.rand(e, p, generator=gen, dtype=F64) * 0.3 + 0.05
+    beta = torch.rand(e, generator=gen, dtype=F64) + 0.1
+    return beta / beta.sum(), mus, sigmas
+
+
+@pytest.mark.parametrize("alpha", [0.01, 0.1, 0.25])
+@pytest.mark.parametrize("separation", [0.0, 0.02, 1.0])  # identical means, overlapping, well separated
+def test_default_region_holds_at_least_one_minus_alpha_of_the_mixture(alpha: float, separation: float) -> None:
+    """Coverage: draws from the preference's mixture fall in the default HDR (mixture, chi-square bound) with
+    frequency >= 1 - alpha (within 3 binomial standard errors); the official box holds almost none of it."""
+    beta, mus, sigmas = _components(separation)
+    gen = torch.Generator().manual_seed(1)
+    hdr = build_hdr(beta, mus, sigmas, alpha)
+    assert hdr.kind == "mixture" and hdr.tau <= mixture_threshold(beta, mus, sigmas, alpha, n_samples=20_000,
+                                                                    generator=gen) + 0.5
+    n = 20_000
+    coverage = empirical_coverage(hdr, beta, mus, sigmas, n, generator=gen)
+    assert coverage >= 1 - alpha - 3 * (alpha * (1 - alpha) / n) ** 0.5, coverage
+    if separation == 1.0:  # disjoint components: the bound is exact, the region no larger than needed
+        assert coverage <= 1 - alpha + 3 * (alpha * (1 - alpha) / n) ** 0.5, coverage
+    box = build_hdr(beta, mus, sigmas, alpha, combine="moment_average")
+    assert empirical_coverage(box, beta, mus, sigmas, 2_000, generator=gen) < 0.05
+    samples = hdr.sample(200, generator=gen)
+    assert bool(hdr.contains(samples).all()) and not bool(box.contains(samples).all())
+
+
+def test_threshold_bound_is_the_exact_quantile_for_one_gaussian() -> None:
+    """For one component, ``log q = c - chi2_P / 2`` exactly, so the bound is the alpha-quantile of ``log q``."""
+    from scipy.stats import chi2
+
+    sigma = torch.full((1, 50), 0.3, dtype=F64)
+    tau = mixture_threshold_bound(torch.ones(1, dtype=F64), sigma, 0.1)
+    c = -50 * math.log(0.3) - 25 * math.log(2 * math.pi)
+    assert tau == pytest.approx(c - 0.5 * chi2.ppf(0.9, 50), abs=1e-6)
+    with pytest.raises(ValueError, match="alpha"):
+        mixture_threshold_bound(torch.ones(1, dtype=F64), sigma, 1.0)
 
 
 def test_preference_weighted_accuracy_by_hand() -> None:
@@ -234,3 +285,16 @@ def test_selection_by_validation_and_oracle_per_task() -> None:
     assert select_by_validation(val, torch.tensor([0.2, 0.8])) == 1
     assert select_by_validation(val, torch.tensor([0.5, 0.5])) == 2  # 0.75 beats 0.70 and 0.70
     assert oracle_per_task(val).tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_spearman_by_hand_with_ties_and_constants() -> None:
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([10.0, 20, 30, 40])) == pytest.approx(1.0)
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([4.0, 3, 2, 1])) == pytest.approx(-1.0)
+    # ties get average ranks: y ranks (1.5, 1.5, 3, 4) against (1, 2, 3, 4)
+    expect = float(torch.corrcoef(torch.tensor([[1.0, 2, 3, 4], [1.5, 1.5, 3, 4]]))[0, 1])
+    assert spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([0.5, 0.5, 0.7, 0.9])) == pytest.approx(expect)
+    assert math.isnan(spearman(torch.tensor([1.0, 2, 3]), torch.tensor([0.9, 0.9, 0.9])))
+    prefs = torch.tensor([[0.1, 0.9], [0.5, 0.5], [0.9, 0.1]])
+    acc = torch.tensor([[0.6, 0.99], [0.8, 0.9], [0.95, 0.7]])
+    assert weight_rank_correlation(prefs, acc) == pytest.approx([1.0, 1.0])
+    assert math.isnan(weight_rank_correlation(torch.ones(3, 1), torch.rand(3, 1))[0])

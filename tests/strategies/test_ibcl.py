@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -18,10 +19,10 @@ from scenarios.toy import ToySplit
 from strategies.ibcl import IBCL
 from strategies.ibcl.bayes import mlp_forward
 from strategies.ibcl.cli import main as generate_main
-from strategies.ibcl.credal import combination_weights, preferences
-from strategies.ibcl.evaluation import _FAITHFUL, task_accuracies
+from strategies.ibcl.credal import KnowledgeBase, combination_weights, preferences
+from strategies.ibcl.evaluation import _FAITHFUL, DEFAULT_D_REL, prune_threshold, task_accuracies
 from strategies.ibcl.hdr import mixture_log_prob
-from strategies.ibcl.plot import pareto_points, plot_pareto
+from strategies.ibcl.plot import non_dominated, pareto_points, plot_pareto
 from tests.strategies.kwargs import adam
 
 STDS = [1.0, 1.5, 2.0]
@@ -34,7 +35,9 @@ def _train(stream: RotatingBinary, epochs: int = 5, run_dir: Path | None = None,
     pl.seed_everything(0, verbose=False)
     kwargs = {"optimizer": adam(0.05), "prior_stds": STDS, "num_preferences": 4, "num_samples": 5, **kwargs}
     module = IBCL(**kwargs)  # type: ignore[arg-type]
-    StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
+    result = StreamRun(module, stream, trainer_factory(max_epochs=epochs), run_dir=run_dir).run()
+    if run_dir is not None:
+        result.save(run_dir)
     return module
 
 
@@ -84,19 +87,39 @@ def test_accuracy_on_a_task_rises_with_its_preference_weight(trained: tuple[IBCL
     assert selected[1, 0] > selected[0, 0] + 0.1 and selected[0, 1] > selected[1, 1] + 0.1, selected
 
 
-def test_knowledge_base_grows_sublinearly_on_near_duplicate_tasks() -> None:
-    stream = RotatingBinary(n_experiences=4, angle=0.0, seed=1, train_samples=200)
-    full = _train(stream, epochs=2, d=0.0, num_preferences=1, num_samples=2)
-    pruned = _train(stream, epochs=2, d=0.5, num_preferences=1, num_samples=2)
-    m, tasks, p = len(STDS), 4, full.kb.mus[0].numel()
+def test_pruning_is_on_by_default_and_slows_growth_on_a_repeated_task() -> None:
+    """Six fresh samples of one task: the default threshold DEFAULT_D_REL * mean(s) * sqrt(P) prunes refits onto
+    stored posteriors (growth per task <= m, fewer than without pruning); d = 0 stores every fit."""
+    stream = RotatingBinary(n_experiences=6, angle=0.0, seed=1, train_samples=200)
+    full = _train(stream, d=0.0, num_preferences=1, num_samples=2)
+    pruned = _train(stream, num_preferences=1, num_samples=2)
+    m, tasks, p = len(STDS), 6, full.kb.mus[0].numel()
     kb_bytes = m * tasks * 2 * p * 4  # posteriors: mean and std, float32
     assert len(full.kb) == m * tasks and full.strategy_state_bytes() == kb_bytes + memory_bytes(full.val_sets)
-    assert 1 <= len(pruned.kb) < m * tasks
-    kb_sizes = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
-    assert kb_sizes == sorted(kb_sizes) and kb_sizes[-1] == len(pruned.kb)
-    reused = {s for row in pruned.kb.slots[1:] for s in row} & {s for s in pruned.kb.slots[0]}
-    assert reused  # later tasks point at task-0 points
+    curve = pruned.extra_results(NO_MATRIX)["ibcl"]["kb_size"]
+    assert curve[-1] == len(pruned.kb) <= m * tasks * 2 // 3, curve
+    assert all(0 <= b - a <= m for a, b in zip(curve, curve[1:])), curve
+    assert pruned.stage_results[-1]["prune_d"] == pytest.approx(DEFAULT_D_REL * sum(STDS) / len(STDS) * math.sqrt(p))
+    reused = [s for task, row in enumerate(pruned.kb.slots) for s in row if pruned.kb.origins[s][0] < task]
+    assert reused  # later tasks point at earlier tasks' posteriors
     assert pruned.strategy_state_bytes() < full.strategy_state_bytes()
+
+
+def test_default_threshold_keeps_m_per_distinct_task_for_near_duplicate_posteriors() -> None:
+    """At the knowledge-base level: refits that differ by 0.03 prior stds per coordinate are pruned (m per distinct
+    task over three repeats of two tasks), posteriors of tasks 0.3 prior stds apart are all kept."""
+    gen = torch.Generator().manual_seed(0)
+    p, s = 65, 1.5
+    opts = IBCL(prior_stds=[1.0, 1.5, 2.0]).opts
+    d = prune_threshold(opts, p, s)
+    tasks = [torch.randn(3, p, generator=gen) * 0.3 * s for _ in range(2)]  # two tasks' m = 3 chain means
+    kb = KnowledgeBase()
+    for _ in range(3):
+        for mu in tasks:
+            noisy = mu + torch.randn(3, p, generator=gen) * 0.03 * s
+            kb.update(noisy, torch.full((3, p), 0.5 * s), d=d)
+    assert len(kb) == 2 * 3, kb.slots
+    assert min(v for row in kb.nn_distances[:2] for v in row if v == v) > d  # distinct posteriors are never merged
 
 
 def test_same_seed_gives_the_same_generated_model(trained: tuple[IBCL, Path], conflicting: RotatingBinary) -> None:
@@ -133,27 +156,57 @@ def test_results_json_entry(trained: tuple[IBCL, Path]) -> None:
     assert (torch.tensor(stages[1]["reported_test_acc"]) <= hi + 1e-9).all()
 
 
-def test_matrix_model_is_the_uniform_preference_selection(trained: tuple[IBCL, Path],
-                                                          conflicting: RotatingBinary) -> None:
-    module = trained[0]
-    expect = module.stage_results[-1]["matrix_model"]["test_acc"]
-    assert module.stage_results[-1]["matrix_model"]["preference"] == [0.5, 0.5]
-    got = _test_acc(module, module.report_theta, conflicting)
-    assert got.tolist() == pytest.approx(expect)
+def test_matrix_cells_use_the_one_hot_preference_of_the_tested_task(trained: tuple[IBCL, Path],
+                                                                    conflicting: RotatingBinary) -> None:
+    """R[i][j] is the stage-i model for task j alone: the diagonal is the model for the newest task."""
+    module, run_dir = trained
+    assert module.task_aware and module.matrix_preference == "task"
+    last = module.stage_results[-1]
+    for task in (0, 1):
+        x = conflicting.experiences[task].test.x
+        z = mlp_forward(module.matrix_thetas[task].unsqueeze(0), x, module.sizes)[0, :, 0]
+        assert torch.equal(module.predict(x, torch.full((len(x),), task)), (z >= 0).long())
+        got = _test_acc(module, module.matrix_thetas[task], conflicting)
+        assert got.tolist() == pytest.approx(last["task_models"]["test_acc"][task])
+    matrix = json.loads((run_dir / "results.json").read_text())["accuracy_matrix"]
+    assert [matrix[1][0], matrix[1][1]] == pytest.approx([last["task_models"]["test_acc"][0][0],
+                                                          last["task_models"]["test_acc"][1][1]])
+    first = module.stage_results[0]
+    assert matrix[0][0] == pytest.approx(first["task_models"]["test_acc"][0][0])
+    # the one-hot models trade the tasks off: each is better on its own task than the other task's model
+    models = torch.tensor(last["task_models"]["test_acc"])  # (model for task j, tested on task l)
+    assert models[0, 0] > models[1, 0] + 0.1 and models[1, 1] > models[0, 1] + 0.1, models
+
+
+def test_uniform_matrix_mode_is_task_agnostic(conflicting: RotatingBinary) -> None:
+    module = _train(RotatingBinary(n_experiences=2, angle=90.0, seed=0, train_samples=120), epochs=1,
+                    matrix_preference="uniform")
+    assert not module.task_aware
+    assert torch.equal(module.matrix_thetas[0], module.matrix_thetas[1])
     x = conflicting.experiences[0].test.x
-    z = mlp_forward(module.report_theta.unsqueeze(0), x, module.sizes)[0, :, 0]
-    assert torch.equal(module.predict(x, torch.zeros(len(x))), (z >= 0).long())
+    assert torch.equal(module.predict(x, torch.zeros(len(x))), module.predict(x, torch.ones(len(x))))
+    assert module.stage_results[-1]["uniform_model"]["preference"] == [0.5, 0.5]
+    with pytest.raises(ConfigError, match="matrix_preference"):
+        IBCL(matrix_preference="newest")  # type: ignore[arg-type]
 
 
 def test_checkpoint_restore_and_generate_command(trained: tuple[IBCL, Path], conflicting: RotatingBinary,
-                                                 tmp_path: Path) -> None:
+                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     module, run_dir = trained
     restored = IBCL.from_checkpoint(run_dir)
-    assert restored.kb.slots == module.kb.slots and torch.equal(restored.report_theta, module.report_theta)
+    assert restored.kb.slots == module.kb.slots and torch.equal(restored.matrix_thetas, module.matrix_thetas)
     assert torch.equal(restored.generate_theta([0.4, 0.6], mode="sample"),
                        module.generate_theta([0.4, 0.6], mode="sample"))
+    capsys.readouterr()
     out = generate_main(["--run", str(run_dir), "--preference", "0.4", "0.6", "--mode", "mean",
                          "--out", str(tmp_path / "m.pt")])
+    printed = capsys.readouterr().out
+    val = task_accuracies(module.generate_theta([0.4, 0.6], mode="mean").unsqueeze(0), module._val_data(),
+                          module.features, module.sizes)[0]
+    assert "validation accuracy per task " + " ".join(f"{v:.4f}" for v in val.tolist()) in printed, printed
+    assert "no test accuracy" in printed  # this run directory has no config.yaml to rebuild the test data from
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert info["val_acc"] == pytest.approx(val.tolist()) and info["test_acc"] is None
     model = torch.load(out, weights_only=False)
     x = conflicting.experiences[1].test.x
     assert torch.allclose(model(x), module.generate([0.4, 0.6], mode="mean")(x))
@@ -172,14 +225,27 @@ def test_pareto_front_trades_the_two_tasks(trained: tuple[IBCL, Path], conflicti
                                            tmp_path: Path) -> None:
     module = trained[0]
     data = [e.test for e in conflicting.experiences]
-    pts = pareto_points(module, (0, 1), data, preferences=[(0.9, 0.1), (0.1, 0.9)], n_samples=20, alpha=0.05)
+    pts = pareto_points(module, (0, 1), data, preferences=[(0.9, 0.1), (0.1, 0.9)], n_samples=20, alpha=0.05,
+                        extra=[0.3, 0.7])
     assert len(pts["samples"][0]) == 20
     (a0, _), (a1, _) = pts["mean_model"]
     assert a0 > a1 + 0.1
+    (s0, _), (s1, _) = pts["selected"]  # the models IBCL returns trade the tasks off too
+    assert s0 > s1 + 0.1
+    every = [p for group in pts["samples"] for p in group] + pts["mean_model"] + pts["selected"] + [pts["extra"]["acc"]]
+    for p in pts["front"]:  # the front: no plotted model is at least as good on both tasks and better on one
+        assert not any(q[0] >= p[0] and q[1] >= p[1] and (q[0] > p[0] or q[1] > p[1]) for q in every)
+    assert all(any(q[0] >= p[0] and q[1] >= p[1] for q in pts["front"]) for p in every)  # and it covers every model
+    assert pts["extra"]["preference"] == [0.3, 0.7]
     path = plot_pareto(pts, tmp_path / "pareto.png")
     assert path.stat().st_size > 1000
     with pytest.raises(ValueError, match="two different tasks"):
         pareto_points(module, (0, 0), data)
+
+
+def test_non_dominated_by_hand() -> None:
+    points = [[0.9, 0.1], [0.5, 0.5], [0.4, 0.4], [0.1, 0.9], [0.5, 0.5], [0.9, 0.05]]
+    assert non_dominated(points) == [3, 1, 0]  # sorted by the first task; duplicates once, dominated ones out
 
 
 def test_faithful_mode_switches_every_row() -> None:
@@ -239,7 +305,8 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: 
                        "--model.init_args.num_samples", "3", "--run_dir", str(tmp_path / "run")])
     results = json.loads((run_dir / "results.json").read_text())
     assert results["strategy"] == "IBCL" and len(results["ibcl"]["stages"]) == 5
-    assert results["ibcl"]["kb_bytes"] == 5 * 3 * 2 * 65 * 4  # m x tasks posteriors, mean + std, 65 params
+    stored = results["ibcl"]["kb_size"][-1]
+    assert stored <= 5 * 3 and results["ibcl"]["kb_bytes"] == stored * 2 * 65 * 4  # posteriors: mean + std, 65 params
     assert results["strategy_state_bytes"] > results["ibcl"]["kb_bytes"]  # plus the validation splits it selects on
     from clkit.cli import main as clkit_main
 
@@ -248,9 +315,14 @@ def test_digits_config_end_to_end_with_generate_command(tmp_path: Path, capsys: 
         clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "1", "--out", "m.pt", "--mode", "bogus"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "invalid choice: 'bogus'" in err[0], err
-    clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt")])
+    clkit_main(["ibcl-generate", "--run", str(run_dir), "--preference", "0.5", "0.5", "--out", str(tmp_path / "m.pt"),
+                "--pareto", "0", "1"])
     model = torch.load(tmp_path / "m.pt", weights_only=False)  # selected on the rebuilt scenario's validation data
     assert model(torch.zeros(4, 1, 8, 8)).shape == (4, 1)
+    printed = capsys.readouterr().out
+    info = json.loads((tmp_path / "m.json").read_text())
+    assert len(info["test_acc"]) == 2 and "test accuracy per task" in printed  # the config rebuilt the test data
+    assert (tmp_path / "m_pareto_0_1.png").stat().st_size > 1000 and "with the preference model" in printed
 
 
 def test_task_accuracies_predict_shared_inputs_once_and_correctly() -> None:
