@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from clkit.cli.report import sweep_report
 from clkit.cli.sweep import main as sweep_main
 from clkit.cli.sweep import parse_shard, plan, run_sweep
 from clkit.cli.sweep_plan import expand, load_sweep, merge_value
-from clkit.cli.sweep_state import acquire_lock, read_json, release_lock
+from clkit.cli.sweep_state import OWNER, read_json
 from clkit.errors import ClkitError, ConfigError
 
 SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
@@ -111,20 +110,6 @@ def test_shards_partition_the_runs(tmp_path: Path) -> None:
     assert sorted(i for part in parts for i in part) == sorted(every) and all(parts)
     with pytest.raises(ConfigError, match="0 <= i < n"):
         parse_shard("4/4")
-
-
-def test_a_lock_of_a_live_process_blocks_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
-    import socket
-
-    lock = tmp_path / ".lock"
-    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    assert not acquire_lock(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
-    assert acquire_lock(tmp_path) and read_json(lock)["pid"] == os.getpid()
-    release_lock(tmp_path)
-    assert not lock.exists()
 
 
 # -- running ----------------------------------------------------------------------------------------------------------
@@ -238,7 +223,7 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
             break
         time.sleep(0.02)
     assert proc.poll() is None and done and cut, "the sweep ended before it could be killed mid-run"
-    locks = [read_json(d / ".lock") for d in dirs if (d / ".lock").exists()]  # every busy worker, cut run or not
+    locks = [read_json(d / OWNER) for d in dirs if (d / OWNER).exists()]  # every busy worker, cut run or not
     workers = [lock["pid"] for lock in locks if lock is not None]
     proc.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop by themselves
     proc.wait()
