@@ -129,7 +129,7 @@ class SubmititLauncher(Launcher):
         super().__init__(int(array_parallelism), threads or cpus_per_task or 1)
         self.executor = submitit.AutoExecutor(folder=str(Path(folder) / "%j"), cluster=cluster)
         self.cluster = self.executor.cluster
-        params: dict[str, Any] = {"timeout_min": float(time or 24 * 60), "name": "clkit",
+        params: dict[str, Any] = {"timeout_min": int(round(time or 24 * 60)), "name": "clkit",
                                   "cpus_per_task": int(cpus_per_task or self.threads)}
         if gpus:
             params["gpus_per_node"] = int(gpus)
