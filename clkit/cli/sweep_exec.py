@@ -33,7 +33,7 @@ __all__ = ["LocalPool", "died", "execute_run", "job_main", "warm_up"]
 
 Task = dict[str, Any]  # run_id, index, run_dir, config, grid, labels, names, threads, cwd, launcher (+ trial)
 Record = dict[str, Any]  # run_id, status (done / failed / pruned / busy / skipped), seconds, error, startup_seconds
-KEEP = (".lock", ".clkit.lock", ".clkit.owner")  # a fresh attempt keeps the claim's and fit's lock files
+KEEP = (".lock", ".clkit.lock", ".clkit.owner", "trial.json")  # a fresh attempt keeps the lock files and its trial
 
 
 @contextlib.contextmanager

@@ -153,20 +153,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path: Path, capsys:
     assert failed["status"] == "failed" and "simulated crash at experience 1" in failed["error"]
     assert done["status"] == "done"
     report = sweep_report([spec.sweep_dir], plots=False)["markdown"]
-    assert "## Failed runs" in report and failed["run_id"] in report and "simulated crash" in report
+    assert "## Not finished" in report and failed["run_id"] in report and "simulated crash" in report
     assert "1 done, 1 failed" in report
     assert run_sweep(spec, workers=0, skip_failed=True)["skipped"] == 2
     assert run_sweep(spec, workers=0)["failed"] == 1  # retried by default: resumes after experience 0, fails again
     status = read_json(spec.sweep_dir / failed["run_id"] / "status.json")
     assert status["attempt"] == 2 and status["resumed_from"] == 1
     assert "[1/2] failed" in capsys.readouterr().out
-
-
-@pytest.fixture
-def sigint_restored() -> Any:
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after it handled a KeyboardInterrupt
 
 
 def _matrix(run_dir: Path) -> list[list[float]]:
