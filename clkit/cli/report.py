@@ -96,7 +96,8 @@ def _csv(columns: list[str], groups: list[Group]) -> str:
     rows: list[list[object]] = []
     for g in groups:
         stats = [g.stat(m) for m in METRICS]
-        rows.append([g.labels[c] for c in columns] + [len(g.done), len(g.runs)]
+        row: list[object] = [g.labels[c] for c in columns]
+        rows.append(row + [len(g.done), len(g.runs)]
                     + [("" if v is None or math.isnan(v) else repr(v)) for st in stats for v in st])
     return csv_text(head, rows)
 

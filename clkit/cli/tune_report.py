@@ -32,7 +32,8 @@ def _trials_table(path: Path, tune: dict[str, Any]) -> tuple[Table, list[list[ob
     objective = tune["objective"]
     head = ["selected", "trials", *(names[c] for c in hyper), "state", f"{objective} (objective)",
             *(HEADERS[m] for m in TRIAL_METRICS), "pruned at"]
-    rows, csv_rows = [], []
+    rows: list[list[str]] = []
+    csv_rows: list[list[object]] = []
     for g in groups:
         run = g.runs[0]
         trials = by_run.get(run.run_id, [])
@@ -49,7 +50,7 @@ def _trials_table(path: Path, tune: dict[str, Any]) -> tuple[Table, list[list[ob
     table = Table(head, rows, f"Tune report: {path}", notes, [False] * (3 + len(hyper)) + [True] * 4,
                   [[r.run_id, r.state, " ".join(f"{k}={v}" for k, v in r.labels.items()), r.reason]
                    for r in runs if r.state not in ("done", "pruned")])
-    csv_head = ["selected", "trials", *(names[c] for c in hyper), "state", f"{objective}", "run_id"]
+    csv_head: list[object] = ["selected", "trials", *(names[c] for c in hyper), "state", f"{objective}", "run_id"]
     return table, [csv_head, *csv_rows]
 
 
