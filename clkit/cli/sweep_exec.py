@@ -180,9 +180,55 @@ _STARTED = time.time()
 _WARM: list[float] = []
 
 
-def warm_up() -> float | None:
-    """Import what every run needs (torch, Lightning, Avalanche, the strategies and scenarios); returns this
-    process's start-up seconds (from its start to now) the first time, ``None`` after (a reused worker)."""
+def _tiny_fit() -> None:
+    """Fit a 2-experience toy stream in memory: the first Trainer, data loader and optimizer steps of a process pay
+    for lazy initialisation (about a second on a small CPU), which would otherwise land in the first run's time."""
+    import logging
+    import warnings
+
+    from clkit.loop import fit_stream, trainer_factory
+    from scenarios import ToySplit
+    from strategies import Naive
+
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            fit_stream(Naive(), ToySplit(num_experiences=2, samples_per_class=32, val_fraction=0.25),
+                       trainer_factory(max_epochs=1))
+            _class_split_benchmark()
+        finally:
+            logging.disable(logging.NOTSET)
+
+
+def _class_split_benchmark() -> None:
+    """Avalanche's class-split generator, scikit-learn's bundled data sets and matplotlib's Agg backend, whose first
+    use in a process costs most of a second (the digits streams and every run's accuracy-matrix plot use them)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import sklearn.datasets  # noqa: F401
+    import torch
+    from avalanche.benchmarks import nc_benchmark
+    from torch.utils.data import TensorDataset
+
+    x, y = torch.zeros(8, 1, 2, 2), torch.arange(8) % 4
+    data = TensorDataset(x, y)
+    data.targets = y  # type: ignore[attr-defined]
+    nc_benchmark(data, data, n_experiences=2, task_labels=True, fixed_class_order=[0, 1, 2, 3],
+                 class_ids_from_zero_in_each_exp=False)
+    fig, ax = plt.subplots(figsize=(1, 1))
+    ax.imshow([[0.0, 1.0]])
+    fig.savefig(os.devnull, format="png")
+    plt.close(fig)
+
+
+def warm_up(full: bool = True) -> float | None:
+    """Import what every run needs (torch, Lightning, Avalanche, the strategies and scenarios) and, with ``full``,
+    fit a tiny toy stream; returns this process's start-up seconds (from its start to now) the first time, ``None``
+    after (a reused worker)."""
     if _WARM:
         return None
     import pytorch_lightning  # noqa: F401
@@ -195,6 +241,9 @@ def warm_up() -> float | None:
 
     with contextlib.suppress(ImportError):
         import avalanche.benchmarks  # noqa: F401  (the scenarios import it lazily)
+    if full:
+        with contextlib.suppress(Exception):  # a warm-up that fails costs only the warm-up
+            _tiny_fit()
     try:
         import psutil
 

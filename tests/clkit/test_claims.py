@@ -91,3 +91,32 @@ def test_a_claim_blocks_while_its_holder_lives_and_frees_when_it_is_killed(tmp_p
     assert not RunClaim(tmp_path).acquire()  # a second claimant, even in the same process, is refused
     claim.release()
     assert not (tmp_path / OWNER).exists() and claim_free(tmp_path)
+
+
+def _holder(run_dir: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process claiming ``run_dir`` for ``seconds``, then leaving without finishing the run."""
+    code = ("import sys, time; from pathlib import Path; from clkit.cli.sweep_state import RunClaim; "
+            "c = RunClaim(Path(sys.argv[1])); assert c.acquire(); print('held', flush=True); "
+            "time.sleep(float(sys.argv[2]))")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(run_dir), str(seconds)], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.slow  # holder processes and two sweeps (about 10 s)
+def test_a_sweep_waits_for_a_run_held_elsewhere_and_runs_it_when_the_holder_stops(tmp_path: Path) -> None:
+    from clkit.cli.sweep import plan, run_sweep
+    from clkit.cli.sweep_plan import load_sweep
+    from tests.clkit.test_sweep import sweep_file
+
+    spec = load_sweep(sweep_file(tmp_path, {"seed_everything": [0, 1]}))
+    held = spec.sweep_dir / plan(spec)[0][0].run_id
+    holder = _holder(held, 60)
+    assert run_sweep(spec, workers=0, wait=False) == {"done": 1, "failed": 0, "skipped": 0, "busy": 1}
+    assert not (held / "results.json").exists()  # left to its holder
+    holder.kill()
+    holder.wait()
+    holder = _holder(held, 3)  # a holder that stops (dies) without finishing the run
+    assert run_sweep(spec, workers=0) == {"done": 1, "failed": 0, "skipped": 1, "busy": 0}
+    assert holder.poll() is not None and (held / "results.json").exists()
