@@ -133,7 +133,8 @@ def _check_key(key: Any, where: str) -> str:
 
 
 def parse_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
-    """Split ``--section.key value`` / ``--section.key=value`` overrides (values read as YAML) from other arguments.
+    """Split ``--section.key value`` / ``--section.key=value`` overrides (and ``--seed_everything 3``; values read as
+    YAML) from other arguments.
 
     Raises:
         ConfigError: For an override without a value.
@@ -144,7 +145,7 @@ def parse_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
     while i < len(args):
         arg = args[i]
         name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
-        if "." not in name or name.split(".")[0] not in FIT_SECTIONS:
+        if name.split(".")[0] not in FIT_SECTIONS:
             rest.append(arg)
             i += 1
             continue

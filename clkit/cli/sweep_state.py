@@ -1,8 +1,8 @@
 """A sweep's state on disk: atomic files, per-run status and locks, and the ``sweep.json`` index.
 
 Each run directory ``sweep_dir/<run-id>/`` holds ``run.yaml`` (the config the sweep generated), ``status.json``
-(``running`` / ``done`` / ``failed``, grid values, attempt, seconds, error), ``log.txt`` and the usual ``clkit fit``
-outputs. The files are the truth: a run is done when its ``results.json`` exists (written atomically by
+(``running`` / ``done`` / ``failed`` / ``pruned``, grid values, attempt, seconds, error), ``log.txt``, the claim
+(``.lock``, an OS file lock, and ``.lock.owner.json`` naming its holder) and the usual ``clkit fit`` outputs. The files are the truth: a run is done when its ``results.json`` exists (written atomically by
 ``clkit fit`` as its last step); ``sweep.json`` is an index rebuilt from them, so sweeps and shards that write it
 concurrently never disagree for long, and a report never depends on it being fresh.
 """

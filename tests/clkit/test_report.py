@@ -167,3 +167,24 @@ def test_a_strategy_keeps_its_own_label_and_its_varying_init_args_get_columns(tm
     assert [(g.labels["strategy"], g.labels["model.init_args.eps_corr"]) for g in groups] == [
         (label, "-"), (label, "0.1"), ("GPM", "-")]
     assert len(groups[0].runs) == 2  # a run without results yet joins its strategy's row
+
+
+def test_plain_runs_are_averaged_over_seeds_with_a_column_per_differing_setting(tmp_path: Path) -> None:
+    from clkit.cli.report import runs_report
+
+    files = []
+    for name, lam, seed, acc in (("a", 1.0, 0, 0.5), ("b", 1.0, 1, 0.7), ("c", 50.0, 0, 0.9)):
+        res = fake_results("EWC", seed, acc=acc, bwt=0.0)
+        res["config"] = {"seed_everything": seed, "model": {"class_path": "strategies.EWC",
+                                                            "init_args": {"ewc_lambda": lam}},
+                         "data": {"class_path": "scenarios.ToySplit", "init_args": {"seed": seed}},
+                         "trainer": {"max_epochs": 1, "enable_progress_bar": seed == 0}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+        files.append(tmp_path / name / "results.json")
+    report = runs_report(files)
+    assert report["columns"] == ["strategy", "scenario", "evaluation", "model.init_args.ewc_lambda"]
+    table = rows(report)
+    assert [(r["ewc_lambda"], r["n_done"]) for r in table] == [("1.0", "2"), ("50.0", "1")]
+    assert float(table[0]["acc_mean"]) == pytest.approx(0.6) and float(table[0]["acc_std"]) == pytest.approx(0.1414, 1e-3)
+    assert "0.600 ± 0.141" in report["text"] and "task-aware" in report["text"]

@@ -252,3 +252,32 @@ def test_grid_labels_name_a_class_alike_in_both_forms() -> None:
     assert value_label("strategies.GPM") == value_label({"class_path": "strategies.GPM"}) == "GPM"
     assert value_label("scenarios.classic.SplitMNIST") == "SplitMNIST"
     assert value_label("task-il") == "task-il" and value_label("a.b") == "a.b"  # plain strings stay
+
+
+def test_command_line_overrides_reach_every_run_and_a_swept_key_is_refused(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    from clkit.cli.sweep_plan import parse_overrides
+
+    assert parse_overrides(["x.yaml", "--trainer.max_epochs", "2", "--model.init_args.lr=0.5", "--workers", "0"]) == (
+        {"trainer.max_epochs": 2, "model.init_args.lr": 0.5}, ["x.yaml", "--workers", "0"])
+    path = sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0]})
+    plain = {r.run_id for r in plan(load_sweep(path))[0]}
+    spec = load_sweep(path)
+    spec.override({"trainer.max_epochs": 2})
+    runs = plan(spec)[0]
+    assert all(r.config["trainer"]["max_epochs"] == 2 for r in runs) and not plain & {r.run_id for r in runs}
+    sweep_main([str(path), "--trainer.max_epochs", "2", "--dry_run"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out[1:]] == [r.run_id for r in runs]
+    assert out[1].endswith("model=Naive seed_everything=0") and "{" not in out[1]  # readable, not a dict repr
+    with pytest.raises(ConfigError, match="the grid sweeps seed_everything"):
+        sweep_main([str(path), "--seed_everything", "3"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        sweep_main([str(path), "--trainer.max_epochs"])
+
+
+def test_a_dry_run_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, {"seed_everything": list(range(400))})
+    proc = subprocess.run(f"{sys.executable} -m clkit.cli sweep {path} --dry_run | head -2", shell=True,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout.splitlines()) == 2
