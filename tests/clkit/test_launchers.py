@@ -46,7 +46,8 @@ def test_unknown_launchers_and_settings_are_one_line_errors(tmp_path: Path) -> N
         make_launcher("local", {"partition": "gpu"}, tmp_path)
 
 
-@pytest.mark.slow  # two worker processes, four submitit jobs, a local Ray (about a minute and a half)
+@pytest.mark.slow
+@pytest.mark.engines  # two worker processes, four submitit jobs, a local Ray (about two minutes)
 def test_every_launcher_gives_the_same_runs_and_results(tmp_path: Path) -> None:
     path = sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0, 1]}, base=toy())
     dirs = {}
@@ -82,7 +83,8 @@ def _kill_mid_run(cmd: list[str], dirs: list[Path], cwd: Path) -> None:
     proc.wait()
 
 
-@pytest.mark.slow  # a sweep process killed mid-run, then rerun, for submitit-local and Ray (a few minutes)
+@pytest.mark.slow
+@pytest.mark.engines  # a sweep process killed mid-run, then rerun, for submitit-local and Ray (3 minutes each)
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_a_killed_sweep_is_finished_by_a_rerun(tmp_path: Path, engine: str) -> None:
     b = toy(n_exp=4, samples_per_class=512)
@@ -111,8 +113,10 @@ def test_a_killed_sweep_is_finished_by_a_rerun(tmp_path: Path, engine: str) -> N
         assert masked(d / "results.json") == masked(fresh.sweep_dir / d.name / "results.json")
 
 
-@pytest.mark.slow  # a two-trial study through submitit-local and a local Ray
+@pytest.mark.slow
+@pytest.mark.engines  # a two-trial study through submitit-local and a local Ray (about two minutes)
 def test_a_study_runs_through_every_launcher(tmp_path: Path) -> None:
+    """One trial at a time everywhere: what the median pruner sees (which trials finished) is then the same."""
     from clkit.cli.tune import load_tune, run_tune
 
     path = tmp_path / "tune.yaml"
@@ -120,9 +124,11 @@ def test_a_study_runs_through_every_launcher(tmp_path: Path) -> None:
                                     "tune": {"n_trials": 2, "sampler": "grid", "pruner": "median",
                                              "pruner_startup_trials": 1}}))
     chosen = {}
-    for name, options in [("local", {"workers": 0, "threads": 1}), *ENGINES.items()]:
+    serial = {"submitit": {**ENGINES["submitit"], "array_parallelism": 1}, "ray": ENGINES["ray"]}
+    for name, options in [("local", {"workers": 0, "threads": 1}), *serial.items()]:
         spec, settings, dims = load_tune(path, str(tmp_path / name))
         summary = run_tune(spec, settings, dims, make_launcher(name, options, spec.sweep_dir))
         chosen[name] = [(t["params"], t["state"], t["value"]) for t in summary["trials"]]
         assert read_json(spec.sweep_dir / summary["selected"]["run_id"] / "status.json")["launcher"] == name
     assert chosen["submitit"] == chosen["local"] == chosen["ray"]
+    assert [state for _, state, _ in chosen["local"]] == ["complete", "pruned"]  # pruned on every launcher
