@@ -82,17 +82,19 @@ class SweepSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     """Other top-level sections the caller allowed (``clkit tune``: ``search``, ``tune``)."""
 
-    def override(self, overrides: dict[str, Any]) -> None:
-        """Apply command-line overrides (after the file's); a key the grid sweeps cannot be overridden.
+    def override(self, overrides: dict[str, Any], swept: list[str] | None = None, what: str = "grid") -> None:
+        """Apply command-line overrides (after the file's); a key the grid sweeps (or the keys ``swept`` by the
+        section ``what``, e.g. a tune file's search) cannot be overridden.
 
         Raises:
-            ConfigError: For a key the grid sweeps or a key outside the fit config's sections.
+            ConfigError: For a swept key or a key outside the fit config's sections.
         """
+        keys = list(self.grid) if swept is None else swept
         for key in overrides:
             _check_key(key, "override")
-            clash = [g for g in self.grid if g == key or g.startswith(key + ".") or key.startswith(g + ".")]
+            clash = [g for g in keys if g == key or g.startswith(key + ".") or key.startswith(g + ".")]
             if clash:
-                raise ConfigError(f"--{key}: the grid sweeps {clash[0]}; change the grid instead of overriding it")
+                raise ConfigError(f"--{key}: the {what} sweeps {clash[0]}; change the {what} instead of overriding it")
         self.overrides = {**self.overrides, **overrides}
 
 

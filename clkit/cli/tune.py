@@ -364,9 +364,7 @@ def load_tune(path: Path, sweep_dir: str | None = None, overrides: dict[str, Any
     if spec.grid:
         raise ConfigError("a tune file has a search section instead of a grid")
     dims = parse_space(spec.extra.get("search"))
-    spec.grid = {d.key: [None] for d in dims}  # so that overrides of searched keys are refused
-    spec.override(overrides or {})
-    spec.grid = {}
+    spec.override(overrides or {}, swept=[d.key for d in dims], what="search")
     return spec, parse_settings(spec.extra.get("tune"), n_trials), dims
 
 

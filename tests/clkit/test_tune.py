@@ -121,7 +121,7 @@ def test_bad_tune_settings_are_one_line_errors(tmp_path: Path, tune: dict[str, A
 
 def test_a_search_key_cannot_be_overridden_and_a_range_needs_bounds(tmp_path: Path) -> None:
     path = tune_file(tmp_path, "t", base(), {"model.init_args.optimizer.init_args.lr": {"low": 0.01, "high": 1}})
-    with pytest.raises(ConfigError, match="the grid sweeps"):
+    with pytest.raises(ConfigError, match="the search sweeps .*change the search instead"):
         main([str(path), "--model.init_args.optimizer.init_args.lr", "0.1"])
     bad = tune_file(tmp_path, "u", base(), {"model.init_args.optimizer.init_args.lr": {"low": 0.01}})
     with pytest.raises(ConfigError, match="low and high"):
