@@ -31,7 +31,7 @@ from clkit.cli.aggregate import (
     plain_runs,
     seed_keys,
 )
-from clkit.cli.report_format import HEADERS, Table, cell, csv_text, latex_text, markdown_text, plain_text
+from clkit.cli.report_format import HEADERS, Table, cell, csv_text, latex_text, markdown_text, plain_text, short
 from clkit.cli.sweep_state import write_text_atomic
 from clkit.errors import ConfigError, DataError
 
@@ -60,10 +60,6 @@ def _point(run: SweepRun) -> str:
     return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.labels.items()) or run.run_id
 
 
-def _short(text: str, width: int = 160) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
 def build_table(columns: list[str], groups: list[Group], runs: list[SweepRun], over: list[str],
                 metrics: tuple[str, ...] = tuple(METRICS), title: str = "", sources: str = "") -> Table:
     """The report table: group columns, ``runs`` (finished / planned), a ``mean ± std`` cell per metric."""
@@ -82,7 +78,7 @@ def build_table(columns: list[str], groups: list[Group], runs: list[SweepRun], o
             *(HEADERS[m] for m in metrics)]
     rows = [[g.labels[c] for c in columns] + [f"{len(g.done)}/{len(g.runs)}"] + [cell(g, m) for m in metrics]
             for g in groups]
-    unfinished = [[r.run_id, r.state, _point(r), _short(r.reason)] for r in runs if r.state != "done"]
+    unfinished = [[r.run_id, r.state, _point(r), short(r.reason)] for r in runs if r.state != "done"]
     startups = [r.startup for r in runs if r.startup]
     footer = [f"Worker start-up (not in wall s): {sum(startups) / len(startups):.1f} s on average over "
               f"{len(startups)} worker(s)."] if startups else []

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from clkit.cli.aggregate import METRICS, Group
 
-__all__ = ["HEADERS", "Table", "cell", "csv_text", "latex_escape", "latex_text", "markdown_text", "plain_text"]
+__all__ = ["HEADERS", "Table", "cell", "csv_text", "latex_escape", "latex_text", "markdown_text", "plain_text",
+           "short"]
 
 HEADERS = {"acc": "acc", "bwt": "bwt", "fwt": "fwt", "forgetting": "forgetting", "val_acc": "val acc",
            "wall_s": "wall s", "state_mb": "state MB"}
@@ -31,6 +32,11 @@ class Table:
     numeric: list[bool] = field(default_factory=list)  # right-aligned columns (LaTeX)
     unfinished: list[list[str]] = field(default_factory=list)  # run, state, grid point, reason
     footer: list[str] = field(default_factory=list)
+
+
+def short(text: str, width: int = 160) -> str:
+    """``text`` cut to ``width`` characters (a run's reason in a table; the whole error is in its status.json)."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def cell(group: Group, column: str) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clkit.cli.aggregate import Group, collect, column_names, group_runs, seed_keys
-from clkit.cli.report_format import HEADERS, Table, cell, csv_text, latex_text, markdown_text, plain_text
+from clkit.cli.report_format import HEADERS, Table, cell, csv_text, latex_text, markdown_text, plain_text, short
 from clkit.cli.sweep_state import read_json, write_text_atomic
 
 __all__ = ["is_tune_dir", "tune_report"]
@@ -48,7 +48,8 @@ def _trials_table(path: Path, tune: dict[str, Any]) -> tuple[Table, list[list[ob
     notes = [f"Study: {len(tune['trials'])} trials, {tune['sampler']} sampler, {tune['pruner']} pruner; "
              f"objective {objective} ({tune['direction']}) read from the validation matrix only; * = selected."]
     table = Table(head, rows, f"Tune report: {path}", notes, [False] * (3 + len(hyper)) + [True] * 4,
-                  [[r.run_id, r.state, " ".join(f"{k}={v}" for k, v in r.labels.items()), r.reason]
+                  [[r.run_id, r.state, " ".join(f"{k}={v}" for k, v in r.labels.items()),
+                    short(r.reason)]
                    for r in runs if r.state not in ("done", "pruned")])
     csv_head: list[object] = ["selected", "trials", *(names[c] for c in hyper), "state", f"{objective}", "run_id"]
     return table, [csv_head, *csv_rows]
