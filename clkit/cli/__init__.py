@@ -7,6 +7,7 @@ command lives in its own module and is imported by name when it runs, so ``clkit
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Optional
 
@@ -14,16 +15,18 @@ from clkit.errors import ClkitError, ConfigError
 
 __all__ = ["COMMANDS", "main", "version_line"]
 
-USAGE = """usage: clkit {fit,test,report,sweep,ibcl-generate} ... | clkit --version
+USAGE = """usage: clkit {fit,test,report,sweep,tune,ibcl-generate} ... | clkit --version
 
   clkit fit [--config CFG.yaml] [--key value ...] [--run_dir DIR] [--resume RUN_DIR] [--print_config]
       run one experiment; without --config, the embedded default (SplitDigits, offline)
   clkit test RUN_DIR [--out FILE] [--key value ...]
       re-evaluate a finished run from its checkpoints (no training); overrides change e.g. the test data
-  clkit report RUN_OR_SWEEP_DIR ...
-      print a table of runs (mean ± std over seeds for sweeps)
-  clkit sweep SWEEP.yaml [--workers N] [--shard i/n]
-      run a grid of experiments
+  clkit report RUN_OR_SWEEP_DIR ... [--latex | --csv | --markdown] [--per_run]
+      a table of runs: mean ± std over seeds, a column per varying hyper-parameter, unfinished runs listed
+  clkit sweep SWEEP.yaml [--key value ...] [--launcher local|submitit|ray] [--workers N] [--shard i/n] [--dry_run]
+      run a grid of experiments (--trainer.max_epochs 1 overrides every run)
+  clkit tune TUNE.yaml [--key value ...] [--launcher ...] [--n_trials N]
+      Optuna search over a space in the grid's dialect, on the validation matrix only
   clkit ibcl-generate --run RUN_DIR --preference W0 W1 ... --out MODEL.pt [--mode select|sample|mean]
       zero-shot model for a task preference from a finished IBCL run (no training)
 """
@@ -33,6 +36,7 @@ COMMANDS = {
     "report": "clkit.cli.report:main",
     "sweep": "clkit.cli.sweep:main",
     "test": "clkit.cli.test:main",
+    "tune": "clkit.cli.tune:main",
     "ibcl-generate": "strategies.ibcl.cli:main",
 }
 """Command name -> ``module:function`` taking the remaining arguments."""
@@ -74,3 +78,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     except ClkitError as err:
         print(f"clkit: error: {err}", file=sys.stderr)
         raise SystemExit(getattr(err, "exit_code", 2)) from None
+    except BrokenPipeError:  # output piped into a reader that stopped (clkit sweep --dry_run | head): end quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush must not fail again
+        raise SystemExit(0) from None

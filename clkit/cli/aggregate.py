@@ -1,4 +1,5 @@
-"""Aggregation of sweep runs: collect runs from sweep directories, group them, mean ± std over seeds."""
+"""Aggregation of runs: collect them from sweep directories (or plain run directories), find the hyper-parameters
+that vary, group, mean ± std over seeds, and say why unfinished runs are unfinished."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
+from clkit.cli.sweep_plan import value_label
 from clkit.cli.sweep_state import read_json, run_state
 from clkit.errors import DataError
 
@@ -18,25 +20,30 @@ __all__ = [
     "SweepRun",
     "collect",
     "column_names",
+    "flat_params",
     "group_runs",
     "is_sweep_dir",
+    "plain_runs",
     "read_run",
     "seed_keys",
 ]
 
 NEEDED_KEYS = ("strategy", "scenario", "seed", "accuracy_matrix", "metrics", "strategy_state_bytes", "wall_seconds")
 
-# column -> (how to read it from results.json, markdown format)
+# column -> (how to read it from results.json, format)
 METRICS: dict[str, tuple[str, str]] = {
     "acc": ("metrics.acc", "{:.3f}"), "bwt": ("metrics.bwt", "{:+.3f}"), "fwt": ("metrics.fwt", "{:+.3f}"),
-    "forgetting": ("metrics.forgetting", "{:.3f}"), "wall_s": ("wall_seconds", "{:.1f}"),
-    "state_mb": ("strategy_state_bytes", "{:.3f}"),
+    "forgetting": ("metrics.forgetting", "{:.3f}"), "val_acc": ("val_metrics.acc", "{:.3f}"),
+    "wall_s": ("wall_seconds", "{:.1f}"), "state_mb": ("strategy_state_bytes", "{:.3f}"),
 }
+NOT_HYPER = ("trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.enable_checkpointing",
+             "trainer.logger", "trainer.callbacks", "trainer.default_root_dir")
+"""Config keys that are not hyper-parameters (never a column of a table of plain runs)."""
 
 
 @dataclass
 class SweepRun:
-    """One planned run: its grid labels, state, and (when done) its ``results.json``."""
+    """One planned run: its grid labels and values, state, and (when done) its ``results.json``."""
 
     run_id: str
     run_dir: Path
@@ -45,13 +52,26 @@ class SweepRun:
     results: dict[str, Any] | None = None
     error: str | None = None
     names: dict[str, str] = field(default_factory=dict)  # strategy and scenario class names from the plan
+    params: dict[str, Any] = field(default_factory=dict)  # flattened grid point (or config): dotted key -> value
+    reason: str = ""  # why it is not done
+    startup: float | None = None  # worker start-up seconds of the worker that ran it first, if any
 
     def value(self, column: str) -> float:
-        assert self.results is not None
+        """The run's value of a metric column (NaN when it has none, e.g. no validation splits)."""
         node: Any = self.results
         for part in METRICS[column][0].split("."):
-            node = node[part]
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return math.nan
         return float(node) / 2**20 if column == "state_mb" else float(node)
+
+    @property
+    def evaluation(self) -> str | None:
+        """``task-aware`` or ``task-agnostic``: whether the test predictions used task ids (``None`` until done)."""
+        if self.results is None:
+            return None
+        ev = self.results.get("evaluation")
+        return str(ev.get("mode")) if isinstance(ev, dict) and ev.get("mode") else "unknown"
 
 
 @dataclass
@@ -67,10 +87,16 @@ class Group:
 
     def stat(self, column: str) -> tuple[float, float | None]:
         """Mean and sample standard deviation (n - 1; ``None`` for one run; NaN mean for none)."""
-        values = [r.value(column) for r in self.done]
+        values = [v for r in self.done if not math.isnan(v := r.value(column))]
         if not values:
             return math.nan, None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    @property
+    def evaluation(self) -> str:
+        """The evaluation of the group's finished runs (``mixed`` if they disagree, ``-`` before any is done)."""
+        modes = {r.evaluation for r in self.done}
+        return "-" if not modes else modes.pop() if len(modes) == 1 else "mixed"  # type: ignore[return-value]
 
 
 def read_run(path: Path) -> dict[str, Any]:
@@ -111,6 +137,32 @@ def _entries(sweep_dir: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return keys, found
 
 
+def _reason(state: str, status: dict[str, Any], run_dir: Path) -> str:
+    if state in ("failed", "pruned"):
+        return str(status.get("error") or state)
+    if state == "running":
+        owner = read_json(run_dir / ".lock.owner.json") or {}
+        return f"running (pid {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('since', '?')})"
+    if state == "interrupted":
+        from clkit.loop import experience_checkpoints
+
+        n = len(experience_checkpoints(run_dir / "checkpoints"))
+        return f"interrupted after {n} experience(s); the next sweep resumes it"
+    return "not started"
+
+
+def flat_params(value: Any, prefix: str) -> dict[str, Any]:
+    """A grid value or config node as dotted key -> leaf value (``model: strategies.GPM`` -> ``model.class_path``)."""
+    if prefix in ("model", "data") and isinstance(value, str):
+        return {f"{prefix}.class_path": value}
+    if isinstance(value, dict) and value:
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(flat_params(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
 def collect(paths: list[Path]) -> tuple[list[str], list[SweepRun]]:
     """Every planned run of the given sweep directories (merged; a run id seen twice counts once).
 
@@ -124,14 +176,19 @@ def collect(paths: list[Path]) -> tuple[list[str], list[SweepRun]]:
         for entry in entries:
             run_dir = sweep_dir / entry["run_id"]
             state, status = run_state(run_dir)
-            results, error = None, status.get("error") if state == "failed" else None
+            results, error = None, status.get("error") if state in ("failed", "pruned") else None
             if state == "done":
                 try:
                     results = read_run(run_dir)
                 except DataError as err:  # a damaged results.json: listed with the failed runs, the rest still shown
                     state, error = "failed", f"unreadable results.json ({err})"
+                    status = {**status, "error": error}
+            grid = entry.get("grid") or {}
             run = SweepRun(entry["run_id"], run_dir, dict(entry.get("labels", {})), state, results, error,
-                           {k: entry[k] for k in ("strategy", "scenario") if k in entry})
+                           {k: entry[k] for k in ("strategy", "scenario") if k in entry},
+                           {k: v for key in grid for k, v in flat_params(grid[key], key).items()},
+                           "" if state == "done" else _reason(state, status, run_dir),
+                           status.get("worker_startup_seconds"))
             if run.run_id not in runs or (run.results is not None and runs[run.run_id].results is None):
                 runs[run.run_id] = run
     if not runs:
@@ -139,60 +196,103 @@ def collect(paths: list[Path]) -> tuple[list[str], list[SweepRun]]:
     return keys, list(runs.values())
 
 
+def plain_runs(files: list[Path]) -> tuple[list[SweepRun], list[str]]:
+    """Runs from ``results.json`` files (not a sweep): their configs' hyper-parameters as params; unreadable files
+    are returned as messages."""
+    runs, skipped = [], []
+    for f in files:
+        try:
+            r = read_run(f)
+        except DataError as err:
+            skipped.append(f"{f}: {err}")
+            continue
+        params = {k: v for k, v in flat_params(r.get("config") or {}, "").items()
+                  if not k.startswith(NOT_HYPER) and k not in ("model.class_path", "data.class_path")}
+        params["seed_everything"] = r.get("seed")
+        runs.append(SweepRun(str(f.parent), f.parent, {}, "done", r, params=params))
+    return runs, skipped
+
+
 def seed_keys(keys: list[str]) -> list[str]:
-    """The grid keys that are seeds (averaged over by default): ``seed_everything`` and any ``*.seed``."""
+    """The keys that are seeds (averaged over by default): ``seed_everything`` and any ``*.seed``."""
     return [k for k in keys if k == "seed_everything" or k.rsplit(".", 1)[-1] == "seed"]
 
 
+def _parts(key: str) -> list[str]:
+    parts = [p for p in key.split(".") if p != "init_args"]
+    return parts[:-1] if len(parts) > 1 and parts[-1] == "class_path" else parts
+
+
 def column_names(keys: list[str]) -> dict[str, str]:
-    """Short column names for grid keys (the last dotted part, or the whole key where two would clash)."""
-    short = {k: k.rsplit(".", 1)[-1] for k in keys}
-    clashes = {s for s in short.values() if list(short.values()).count(s) > 1 or s in ("strategy", "scenario")}
-    return {k: (k if s in clashes else s) for k, s in short.items()}
+    """Short column names for dotted keys (``model.init_args.ewc_lambda`` -> ``ewc_lambda``; more of the key where
+    two would clash or where one would read as a fixed column)."""
+    fixed = {"strategy", "scenario", "evaluation", "runs"}
+    for depth in (1, 2):
+        short = {k: ".".join(_parts(k)[-depth:]) for k in keys}
+        values = list(short.values())
+        if all(values.count(s) == 1 and s not in fixed for s in values):
+            return short
+    return {k: k for k in keys}
 
 
-def _class_name(run: SweepRun, key: Literal["strategy", "scenario"]) -> str:
-    """The strategy or scenario class of a run: from its results, else from the sweep's plan."""
-    if run.results is not None:
+def _class_name(run: SweepRun, key: str) -> str:
+    """The strategy or scenario class of a run: from its grid point, its results, else the sweep's plan."""
+    path = run.params.get("model.class_path" if key == "strategy" else "data.class_path")
+    if path:
+        return str(path).rsplit(".", 1)[-1]
+    if run.results is not None and key == "scenario":
         return str(run.results[key])
-    return run.names.get(key, "?")
+    label = run.labels.get("model" if key == "strategy" else "data")
+    return label.split("(", 1)[0] if label else run.names.get(key) or (str(run.results[key]) if run.results else "?")
 
 
 def _strategy_label(run: SweepRun) -> str:
-    """The grid's label for the run's strategy, its class name replaced by the strategy's own label where that
-    starts with it (``CUBER`` -> ``CUBER (clkit reconstruction)``, which every table must show)."""
-    label = run.labels.get("model")
-    if not label:
-        return _class_name(run, "strategy")
-    name = label.split("(", 1)[0]
+    """The strategy's own label (``CUBER`` -> ``CUBER (clkit reconstruction)``, which every table must show)."""
+    name = _class_name(run, "strategy")
     own = str(run.results["strategy"]) if run.results is not None else _registered_label(name)
-    return own + label[len(name):] if own.startswith(name) and own != name else label
+    return own if own.startswith(name) else name
 
 
 def _registered_label(name: str) -> str:
     """The ``LABEL`` of a clkit strategy class called ``name`` (for runs without results yet), else ``name``."""
-    import strategies
-
+    try:
+        import strategies
+    except ImportError:
+        return name
     return next((str(cls.LABEL) for cls in strategies.STRATEGIES if cls.__name__ == name and cls.LABEL), name)
 
 
-def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[list[str], list[Group]]:
-    """Group runs by strategy, scenario and every grid key not in ``over``; groups in plan order.
+def _label(value: Any) -> str:
+    return "-" if value is None else value_label(value)
 
-    Returns the group columns (``strategy``, ``scenario``, then grid keys) and the groups.
+
+def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[list[str], list[Group]]:
+    """Group runs by strategy, scenario and every hyper-parameter that varies (except those in ``over``, e.g. the
+    seeds, which the statistics run over); groups in plan order.
+
+    Returns the columns (``strategy``, ``scenario``, ``evaluation``, then the varying hyper-parameters as dotted
+    keys) and the groups, whose labels hold every column.
 
     Raises:
-        DataError: If a key in ``over`` is not a grid key.
+        DataError: If a key in ``over`` is neither a grid key nor a hyper-parameter of the runs.
     """
-    bad = [k for k in over if k not in keys]
+    known = set(keys) | {k for r in runs for k in r.params}
+    bad = [k for k in over if k not in known]
     if bad:
         raise DataError(f"--over {bad}: not a grid key of the sweep; grid keys: {', '.join(keys) or 'none'}")
-    swept = [k for k in keys if k not in over and k not in ("model", "data")]
-    columns = ["strategy", "scenario", *swept]
+
+    def averaged(k: str) -> bool:
+        return any(k == o or k.startswith(o + ".") for o in over)
+
+    candidates = list(dict.fromkeys(k for r in runs for k in r.params
+                                    if not averaged(k) and k not in ("model.class_path", "data.class_path")))
+    hyper = [k for k in candidates if len({_label(r.params.get(k)) for r in runs}) > 1]
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
-        labels = {"strategy": _strategy_label(run),
-                  "scenario": run.labels.get("data") or _class_name(run, "scenario"),
-                  **{k: run.labels.get(k, "-") for k in swept}}
+        labels = {"strategy": _strategy_label(run), "scenario": _class_name(run, "scenario"),
+                  **{k: _label(run.params.get(k)) for k in hyper}}
         groups.setdefault(tuple(labels.values()), Group(labels)).runs.append(run)
-    return columns, list(groups.values())
+    for group in groups.values():
+        group.labels = {"strategy": group.labels["strategy"], "scenario": group.labels["scenario"],
+                        "evaluation": group.evaluation, **{k: group.labels[k] for k in hyper}}
+    return ["strategy", "scenario", "evaluation", *hyper], list(groups.values())

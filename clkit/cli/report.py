@@ -1,18 +1,21 @@
-"""``clkit report``: a table of single runs, or the aggregated report of one or more sweep directories.
+"""``clkit report``: tables of runs, aggregated: mean ± std over seeds, a column per hyper-parameter that varies.
 
-- ``clkit report RUN_DIR...``: one row per ``results.json`` found.
-- ``clkit report SWEEP_DIR... [--out DIR] [--over KEY] [--no_plots]``: mean ± std over seeds of acc, bwt, fwt,
-  forgetting, wall time and strategy memory, grouped by strategy, scenario and every other swept key; printed and
-  written as ``report.md`` and ``report.csv`` with ``report_bars.png`` (acc and bwt with error bars) and
-  ``report_matrices.png`` (mean accuracy matrices). Several sweep directories (e.g. shards copied from machines
-  without a shared disk, or one sweep per scenario) are merged.
+- ``clkit report SWEEP_DIR...``: every planned run of the sweeps (merged), grouped by strategy, scenario and the
+  varying grid values; cells are mean ± sample std over the seeds of acc, bwt, fwt, forgetting, val acc, wall time
+  and strategy memory; failed, pruned, running and pending runs are listed with their reason. Written as
+  ``report.md``, ``report.csv``, ``report.tex`` with ``report_bars.png`` and ``report_matrices.png``.
+- ``clkit report RUN_DIR...``: runs of ``clkit fit``, grouped the same way by their configs (``--per_run``: a row
+  per run).
+- A ``clkit tune`` directory: the trials on the validation matrix, the selected configuration marked, and its test
+  metrics (over the final seeds) after selection.
+
+The terminal gets plain text (``--markdown``, ``--csv``, ``--latex`` print those instead). Every table has an
+``evaluation`` column (task-aware or task-agnostic test predictions), so a table never mixes them silently.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 from typing import Any
@@ -25,18 +28,19 @@ from clkit.cli.aggregate import (
     column_names,
     group_runs,
     is_sweep_dir,
-    read_run,
+    plain_runs,
     seed_keys,
 )
+from clkit.cli.report_format import HEADERS, Table, cell, csv_text, latex_text, markdown_text, plain_text, short
 from clkit.cli.sweep_state import write_text_atomic
 from clkit.errors import ConfigError, DataError
 
-__all__ = ["SweepReport", "find_results", "format_runs", "main", "sweep_report"]
+__all__ = ["build_table", "find_results", "format_runs", "main", "runs_report", "sweep_report"]
 
-COLUMNS = ("acc", "bwt", "fwt", "forgetting")
-HEADERS = {"acc": "acc", "bwt": "bwt", "fwt": "fwt", "forgetting": "forgetting", "wall_s": "wall s",
-           "state_mb": "state MB"}
-SweepReport = dict[str, Any]
+FORMATS = ("text", "markdown", "csv", "latex")
+IMAGES = [("acc and bwt, mean ± std over seeds", "report_bars.png"), ("mean accuracy matrices", "report_matrices.png"),
+          ("accuracy on each task after each experience", "report_stream.png")]
+"""The report's figures (each also written as a PDF beside the PNG)."""
 
 
 def find_results(paths: list[str]) -> list[Path]:
@@ -54,122 +58,127 @@ def find_results(paths: list[str]) -> list[Path]:
     return found
 
 
-def _markdown_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
-    fmt = "| " + " | ".join(f"{{:<{w}}}" for w in widths) + " |"
-    lines = [fmt.format(*head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    return "\n".join(lines + [fmt.format(*row) for row in rows])
+def _point(run: SweepRun) -> str:
+    return " ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in run.labels.items()) or run.run_id
 
 
-def format_runs(files: list[Path]) -> str:
-    """A markdown table with one row per run; unreadable runs are listed after it, not fatal."""
-    head = ["run", "strategy", "scenario", "seed", *COLUMNS, "state MB", "wall s"]
-    rows, skipped = [], []
-    for f in files:
-        try:
-            r = read_run(f)
-        except DataError as err:
-            skipped.append(f"- {f}: {err}")
-            continue
-        m = r["metrics"]
-        rows.append([str(f.parent), r["strategy"], r["scenario"], str(r["seed"]),
-                     *(f"{m[c]:+.4f}" if c in ("bwt", "fwt") else f"{m[c]:.4f}" for c in COLUMNS),
-                     f"{r['strategy_state_bytes'] / 2**20:.3f}", f"{r['wall_seconds']:.1f}"])
-    if not rows:
-        raise DataError("no readable results.json: " + "; ".join(s[2:] for s in skipped))
-    table = _markdown_table(head, rows)
-    if not skipped:
-        return table
-    return table + f"\n\nSkipped {len(skipped)} run(s), unreadable or smoke tests:\n" + "\n".join(skipped)
+def build_table(columns: list[str], groups: list[Group], runs: list[SweepRun], over: list[str],
+                metrics: tuple[str, ...] = tuple(METRICS), title: str = "", sources: str = "") -> Table:
+    """The report table: group columns, ``runs`` (finished / planned), a ``mean ± std`` cell per metric."""
+    names = column_names(columns[3:])
+    states = {s: sum(r.state == s for r in runs) for s in ("done", "failed", "pruned")}
+    rest = len(runs) - sum(states.values())
+    notes = [f"{sources}Runs: {states['done']} done, {states['failed']} failed"
+             + (f", {states['pruned']} pruned" if states["pruned"] else "") + f", {rest} not finished, "
+             f"of {len(runs)} planned.",
+             f"Cells: mean ± sample std over {', '.join(over) or 'nothing (one run each)'}; runs = finished / planned; "
+             "acc, bwt, fwt, forgetting on the test matrix, val acc on the validation matrix (fractions); wall s "
+             "excludes worker start-up."]
+    if len({g.labels["evaluation"] for g in groups if g.done}) > 1:
+        notes.append("Rows differ in evaluation (task-aware vs task-agnostic test predictions): compare within one.")
+    head = ["strategy", "scenario", "evaluation", *(names[c] for c in columns[3:]), "runs",
+            *(HEADERS[m] for m in metrics)]
+    rows = [[g.labels[c] for c in columns] + [f"{len(g.done)}/{len(g.runs)}"] + [cell(g, m) for m in metrics]
+            for g in groups]
+    unfinished = [[r.run_id, r.state, _point(r), short(r.reason)] for r in runs if r.state != "done"]
+    startups = [r.startup for r in runs if r.startup]
+    footer = [f"Worker start-up (not in wall s): {sum(startups) / len(startups):.1f} s on average over "
+              f"{len(startups)} worker(s)."] if startups else []
+    return Table(head, rows, title, notes, [False] * (len(columns) + 1) + [True] * len(metrics), unfinished, footer)
 
 
-def _cell(group: Group, column: str) -> str:
-    mean, std = group.stat(column)
-    if math.isnan(mean):
-        return "-"
-    fmt = METRICS[column][1]
-    return fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std).lstrip("+"))
-
-
-def _csv(columns: list[str], names: dict[str, str], groups: list[Group]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([names.get(c, c) for c in columns] + ["n_done", "n_runs"]
-                    + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
+def _csv(columns: list[str], groups: list[Group]) -> str:
+    names = column_names(columns[3:])
+    head = ["strategy", "scenario", "evaluation", *(names[c] for c in columns[3:]), "n_done", "n_runs"] + \
+        [f"{m}_{s}" for m in METRICS for s in ("mean", "std")]
+    rows: list[list[object]] = []
     for g in groups:
         stats = [g.stat(m) for m in METRICS]
-        writer.writerow([g.labels[c] for c in columns] + [len(g.done), len(g.runs)]
-                        + [("" if v is None or math.isnan(v) else repr(v)) for st in stats for v in st])
-    return out.getvalue()
+        row: list[object] = [g.labels[c] for c in columns]
+        rows.append(row + [len(g.done), len(g.runs)]
+                    + [("" if v is None or math.isnan(v) else repr(v)) for st in stats for v in st])
+    return csv_text(head, rows)
 
 
-def _markdown(paths: list[Path], columns: list[str], names: dict[str, str], groups: list[Group],
-              runs: list[SweepRun], over: list[str], plots: bool) -> str:
-    states = {s: sum(r.state == s for r in runs) for s in ("done", "failed")}
-    unfinished = len(runs) - states["done"] - states["failed"]
-    runs_line = (f"Sweeps: {', '.join(f'`{p}`' for p in paths)}. Runs: {states['done']} done, "
-                 f"{states['failed']} failed, {unfinished} not finished, of {len(runs)} planned.")
-    over_line = (f"Cells are mean ± sample std over {', '.join(f'`{k}`' for k in over) or 'nothing (one run each)'}; "
-                 "`runs` = finished / planned runs in the row; acc, bwt, fwt, forgetting are fractions.")
-    lines = ["# Sweep report", "", runs_line, over_line, ""]
-    head = [names.get(c, c) for c in columns] + ["runs"] + [HEADERS[m] for m in METRICS]
-    rows = [[g.labels[c] for c in columns] + [f"{len(g.done)}/{len(g.runs)}"] + [_cell(g, m) for m in METRICS]
-            for g in groups]
-    lines.append(_markdown_table(head, rows))
-    if plots:
-        lines += ["", "![acc and bwt, mean ± std over seeds](report_bars.png)", "",
-                  "![mean accuracy matrices](report_matrices.png)", "",
-                  "![accuracy on each task after each experience](report_stream.png)",
-                  "", "(each figure also as a PDF beside the PNG)"]
-    failed = [r for r in runs if r.state == "failed"]
-    if failed:
-        lines += ["", "## Failed runs", "", _markdown_table(
-            ["run", "grid point", "error"],
-            [[r.run_id, ", ".join(f"{k}={v}" for k, v in r.labels.items()), (r.error or "").replace("|", "\\|")]
-             for r in failed])]
-    return "\n".join(lines) + "\n"
+def _outputs(table: Table, csv: str, images: list[tuple[str, str]]) -> dict[str, str]:
+    return {"text": plain_text(table), "markdown": markdown_text(table, images), "csv": csv,
+            "latex": latex_text(table, caption=" ".join(table.notes[1:2]))}
 
 
 def sweep_report(paths: list[Path], out: Path | None = None, over: list[str] | None = None,
-                 plots: bool = True) -> SweepReport:
-    """Aggregate sweep directories and write ``report.md``, ``report.csv`` and the plots into ``out``.
+                 plots: bool = True) -> dict[str, Any]:
+    """Aggregate sweep directories; write ``report.md``, ``report.csv``, ``report.tex`` and the plots into ``out``.
 
     Args:
         paths: Sweep directories (merged).
         out: Output directory; default the first sweep directory.
-        over: Grid keys to average over; default the seed keys (``seed_everything``, ``*.seed``).
+        over: Keys to average over; default the seed keys (``seed_everything``, ``*.seed``).
         plots: Also write ``report_bars``, ``report_matrices`` and ``report_stream`` (PNG and PDF each).
 
     Returns:
-        ``{"markdown", "csv", "columns", "groups", "runs", "files"}``.
+        ``{"text", "markdown", "csv", "latex", "columns", "groups", "runs", "files"}``.
     """
+    from clkit.cli.tune_report import is_tune_dir, tune_report
+
+    if len(paths) == 1 and is_tune_dir(paths[0]):
+        return tune_report(paths[0], out)
     keys, runs = collect(paths)
     over = seed_keys(keys) if over is None else over
     columns, groups = group_runs(keys, runs, over)
-    names = column_names(columns)
     out = Path(out or paths[0])
-    markdown = _markdown(paths, columns, names, groups, runs, over, plots)
-    table = _csv(columns, names, groups)
-    files = [out / "report.md", out / "report.csv"]
-    write_text_atomic(files[0], markdown)
-    write_text_atomic(files[1], table)
-    if plots and any(g.done for g in groups):
+    sources = "Sweeps: " + ", ".join(str(p) for p in paths) + ". "
+    table = build_table(columns, groups, runs, over, title="Sweep report", sources=sources)
+    images = IMAGES if plots and any(g.done for g in groups) else []
+    report = _outputs(table, _csv(columns, groups), images)
+    files = [out / "report.md", out / "report.csv", out / "report.tex"]
+    for f, key in zip(files, ("markdown", "csv", "latex")):
+        write_text_atomic(f, report[key])
+    if images:
         from clkit.cli.plots import plot_bars, plot_matrix_grid, plot_stream_grid
 
-        files += plot_bars(out / "report_bars.png", groups, columns[2:], ", ".join(names[c] for c in columns[2:]))
-        files += plot_matrix_grid(out / "report_matrices.png", groups, columns[1:])
-        files += plot_stream_grid(out / "report_stream.png", groups, columns[1:])
-    return {"markdown": markdown, "csv": table, "columns": columns, "groups": groups, "runs": runs, "files": files}
+        hyper = columns[3:]
+        files += plot_bars(out / "report_bars.png", groups, hyper, ", ".join(column_names(hyper).values()))
+        files += plot_matrix_grid(out / "report_matrices.png", groups, ["scenario", *hyper])
+        files += plot_stream_grid(out / "report_stream.png", groups, ["scenario", *hyper])
+    return {**report, "columns": columns, "groups": groups, "runs": runs, "files": files}
+
+
+def runs_report(files: list[Path], over: list[str] | None = None, per_run: bool = False) -> dict[str, Any]:
+    """Runs of ``clkit fit`` grouped by config (mean ± std over seeds), or one row each with ``per_run``."""
+    runs, skipped = plain_runs(files)
+    if not runs:
+        raise DataError("no readable results.json: " + "; ".join(skipped))
+    keys = list(dict.fromkeys(k for r in runs for k in r.params))
+    over = ([] if per_run else seed_keys(keys)) if over is None else over
+    if per_run:  # every run its own group: the run directory is a column
+        for r in runs:
+            r.params = {"run": r.run_id, **r.params}
+    columns, groups = group_runs(keys, runs, over)
+    table = build_table(columns, groups, runs, over, title="")
+    if skipped:
+        table.footer.append(f"Skipped {len(skipped)} run(s), unreadable or smoke tests: " + "; ".join(skipped))
+    return {**_outputs(table, _csv(columns, groups), []), "columns": columns, "groups": groups, "runs": runs}
+
+
+def format_runs(files: list[Path]) -> str:
+    """A plain-text table with one row per run; unreadable runs are listed after it, not fatal."""
+    return str(runs_report(files, per_run=True)["text"])
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clkit report", exit_on_error=False, allow_abbrev=False,
-                                description="Tables of runs, or the aggregated report of sweep directories.")
-    p.add_argument("paths", nargs="+", help="run directories / results.json files, or sweep directories")
+                                description="Tables of runs or sweeps: mean ± std over seeds, a column per varying "
+                                            "hyper-parameter, unfinished runs with their reason.")
+    p.add_argument("paths", nargs="+", help="run directories / results.json files, or sweep (or tune) directories")
     p.add_argument("--out", default=None, help="where a sweep report goes (default: the first sweep directory)")
     p.add_argument("--over", action="append", default=None,
-                   help="grid key to average over (repeatable; default: the seed keys)")
+                   help="key to average over (repeatable; default: the seed keys)")
+    p.add_argument("--per_run", "--per-run", action="store_true", help="run directories: a row per run")
     p.add_argument("--no_plots", "--no-plots", action="store_true", help="skip the PNG plots")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--format", choices=FORMATS, default="text", help="what to print (default: text)")
+    for name in FORMATS[1:]:
+        fmt.add_argument(f"--{name}", dest="format", action="store_const", const=name, help=f"print {name}")
     return p
 
 
@@ -182,13 +191,15 @@ def main(args: list[str]) -> None:
     paths = [Path(p) for p in ns.paths]
     sweeps = [is_sweep_dir(p) for p in paths]
     if not any(sweeps):
-        if ns.over or ns.out:
-            raise ConfigError("--over and --out apply to sweep directories only")
-        print(format_runs(find_results(ns.paths)))
+        if ns.out:
+            raise ConfigError("--out applies to sweep directories only")
+        print(runs_report(find_results(ns.paths), ns.over, ns.per_run)[ns.format], end="")
         return
     if not all(sweeps):
         raise DataError(f"not sweep directories: {[str(p) for p, s in zip(paths, sweeps) if not s]}; "
                         "give either sweep directories or run directories")
     report = sweep_report(paths, Path(ns.out) if ns.out else None, ns.over, plots=not ns.no_plots)
-    print(report["markdown"], end="")
-    print("wrote " + ", ".join(str(f) for f in report["files"]))
+    print(report[ns.format], end="")
+    if ns.format == "text":
+        print("wrote " + ", ".join(str(f) for f in report["files"]))
+

@@ -10,6 +10,7 @@ A sweep file::
       model: [{class_path: strategies.Naive}, {class_path: strategies.GPM}]
       seed_everything: [0, 1, 2]
     sweep_dir: sweeps/example         # optional; default sweeps/<sweep file stem>
+    launcher: {name: local, workers: 2}   # optional (see clkit.cli.launchers); flags override it
 
 Values are merged into the base in order of key depth (``model`` before ``model.init_args.lr``). A value that names
 a different ``class_path`` than the node it replaces takes the node's place whole, so init args of one class never
@@ -40,11 +41,12 @@ __all__ = [
     "expand",
     "load_sweep",
     "merge_value",
+    "parse_overrides",
     "run_id_for",
     "value_label",
 ]
 
-SWEEP_KEYS = ("base", "overrides", "grid", "sweep_dir")
+SWEEP_KEYS = ("base", "overrides", "grid", "sweep_dir", "launcher")
 FIT_SECTIONS = ("seed_everything", "model", "data", "trainer")
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
 SWEEP_DEFAULTS = {"trainer.enable_progress_bar": False}  # progress bars only clutter per-run logs
@@ -76,6 +78,24 @@ class SweepSpec:
     grid: dict[str, list[Any]]
     overrides: dict[str, Any] = field(default_factory=dict)
     sweep_dir: Path = Path("sweeps/sweep")
+    launcher: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    """Other top-level sections the caller allowed (``clkit tune``: ``search``, ``tune``)."""
+
+    def override(self, overrides: dict[str, Any], swept: list[str] | None = None, what: str = "grid") -> None:
+        """Apply command-line overrides (after the file's); a key the grid sweeps (or the keys ``swept`` by the
+        section ``what``, e.g. a tune file's search) cannot be overridden.
+
+        Raises:
+            ConfigError: For a swept key or a key outside the fit config's sections.
+        """
+        keys = list(self.grid) if swept is None else swept
+        for key in overrides:
+            _check_key(key, "override")
+            clash = [g for g in keys if g == key or g.startswith(key + ".") or key.startswith(g + ".")]
+            if clash:
+                raise ConfigError(f"--{key}: the {what} sweeps {clash[0]}; change the {what} instead of overriding it")
+        self.overrides = {**self.overrides, **overrides}
 
 
 def _read_yaml(path: Path, what: str) -> Any:
@@ -114,8 +134,39 @@ def _check_key(key: Any, where: str) -> str:
     return key
 
 
-def load_sweep(path: Path, sweep_dir: str | None = None) -> SweepSpec:
-    """Read and check a sweep file; ``sweep_dir`` overrides the file's.
+def parse_overrides(args: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``--section.key value`` / ``--section.key=value`` overrides (and ``--seed_everything 3``; values read as
+    YAML) from other arguments.
+
+    Raises:
+        ConfigError: For an override without a value.
+    """
+    overrides: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+        if name.split(".")[0] not in FIT_SECTIONS:
+            rest.append(arg)
+            i += 1
+            continue
+        if "=" in arg:
+            text, i = arg.split("=", 1)[1], i + 1
+        elif i + 1 < len(args):
+            text, i = args[i + 1], i + 2
+        else:
+            raise ConfigError(f"{arg} needs a value, e.g. {arg} 1")
+        try:
+            overrides[name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            overrides[name] = text
+    return overrides, rest
+
+
+def load_sweep(path: Path, sweep_dir: str | None = None, extra_keys: tuple[str, ...] = ()) -> SweepSpec:
+    """Read and check a sweep file; ``sweep_dir`` overrides the file's; ``extra_keys`` are further top-level keys
+    the caller reads (kept in :attr:`SweepSpec.extra`).
 
     Raises:
         ConfigError: naming the bad key or value.
@@ -126,9 +177,10 @@ def load_sweep(path: Path, sweep_dir: str | None = None) -> SweepSpec:
     raw = _read_yaml(path, "sweep file")
     if not isinstance(raw, dict):
         raise ConfigError(f"sweep file {path} must be a mapping with keys {', '.join(SWEEP_KEYS)}")
-    unknown = sorted(set(raw) - set(SWEEP_KEYS))
+    valid = SWEEP_KEYS + tuple(extra_keys)
+    unknown = sorted(set(raw) - set(valid))
     if unknown:
-        raise ConfigError(f"sweep file {path}: unknown key(s) {unknown}; valid keys: {', '.join(SWEEP_KEYS)}")
+        raise ConfigError(f"sweep file {path}: unknown key(s) {unknown}; valid keys: {', '.join(valid)}")
     base, base_name = _load_base(raw.get("base"), path)
     grid = raw.get("grid") or {}
     overrides = raw.get("overrides") or {}
@@ -140,8 +192,14 @@ def load_sweep(path: Path, sweep_dir: str | None = None) -> SweepSpec:
             raise ConfigError(f"grid.{key} must be a non-empty list of values, got {values!r}")
     for key in overrides:
         _check_key(key, "overrides")
+    launcher = raw.get("launcher") or {}
+    if isinstance(launcher, str):
+        launcher = {"name": launcher}
+    if not isinstance(launcher, dict):
+        raise ConfigError(f"launcher must be a name (local, submitit, ray) or a mapping, got {launcher!r}")
     out = sweep_dir or raw.get("sweep_dir") or str(Path("sweeps") / path.stem)
-    return SweepSpec(path, base, base_name, grid, overrides, Path(out))
+    return SweepSpec(path, base, base_name, grid, overrides, Path(out), dict(launcher),
+                     {k: raw[k] for k in extra_keys if k in raw})
 
 
 def merge_value(node: Any, value: Any) -> Any:

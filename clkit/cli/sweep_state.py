@@ -1,8 +1,8 @@
 """A sweep's state on disk: atomic files, per-run status and locks, and the ``sweep.json`` index.
 
 Each run directory ``sweep_dir/<run-id>/`` holds ``run.yaml`` (the config the sweep generated), ``status.json``
-(``running`` / ``done`` / ``failed``, grid values, attempt, seconds, error), ``log.txt`` and the usual ``clkit fit``
-outputs. The files are the truth: a run is done when its ``results.json`` exists (written atomically by
+(``running`` / ``done`` / ``failed`` / ``pruned``, grid values, attempt, seconds, error), ``log.txt``, the claim
+(``.lock``, an OS file lock, and ``.lock.owner.json`` naming its holder) and the usual ``clkit fit`` outputs. The files are the truth: a run is done when its ``results.json`` exists (written atomically by
 ``clkit fit`` as its last step); ``sweep.json`` is an index rebuilt from them, so sweeps and shards that write it
 concurrently never disagree for long, and a report never depends on it being fresh.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Literal
@@ -23,27 +22,26 @@ from clkit.cli.sweep_plan import RunSpec, SweepSpec
 __all__ = [
     "STATES",
     "RunState",
-    "acquire_lock",
+    "RunClaim",
     "build_index",
+    "claim_free",
+    "claim_owner",
     "now",
     "read_json",
-    "release_lock",
     "run_state",
     "write_index",
     "write_json_atomic",
     "write_text_atomic",
 ]
 
-RunState = Literal["done", "failed", "running", "interrupted", "pending"]
-STATES: tuple[str, ...] = ("done", "failed", "running", "interrupted", "pending")
+RunState = Literal["done", "failed", "pruned", "running", "interrupted", "pending"]
+STATES: tuple[str, ...] = ("done", "failed", "pruned", "running", "interrupted", "pending")
 LOCK = ".lock"
+OWNER = ".lock.owner.json"
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -68,43 +66,84 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _lock_held(info: dict[str, Any] | None) -> bool:
-    """Whether another live process on this host holds the lock (locks of other hosts count as stale)."""
-    if info is None or info.get("host") != socket.gethostname():
-        return False
-    pid = int(info.get("pid", -1))
-    return pid != os.getpid() and pid > 0 and _pid_alive(pid)
+def _identity() -> dict[str, Any]:
+    """Who claims: pid and host, plus the engine's job id where there is one (SLURM, Ray)."""
+    info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+    for key, var in (("slurm_job", "SLURM_JOB_ID"), ("slurm_array_task", "SLURM_ARRAY_TASK_ID"),
+                     ("submitit_job", "SUBMITIT_JOB_ID")):
+        if os.environ.get(var):
+            info[key] = os.environ[var]
+    return info
 
 
-def acquire_lock(run_dir: Path) -> bool:
-    """Claim ``run_dir`` for this process; ``False`` if a live process on this host holds it.
+class RunClaim:
+    """Exclusive claim of a sweep run directory for one process: an OS file lock (``flock`` through filelock).
 
-    The lock file is created complete and atomically (a hard link of a written temporary file), so a reader never
-    sees it empty. A stale lock (dead process, or another host's: a re-queued array task) is taken over.
+    The kernel drops the lock when its holder dies, so a killed sweep or a dead node leaves no lock to take over:
+    two processes racing for a run whose last holder died cannot both win, and neither deletes the other's files.
+    ``.lock.owner.json`` beside the lock names the holder (pid, host, job id) for reports; it is informative only.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
-    tmp = run_dir / f".lock.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": now()}))
-    try:
-        for _ in range(2):
-            try:
-                os.link(tmp, path)
-                return True
-            except FileExistsError:
-                if _lock_held(read_json(path)):
-                    return False
-                path.unlink(missing_ok=True)
-        return False
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    def __init__(self, run_dir: Path) -> None:
+        from filelock import FileLock
+
+        self.run_dir = Path(run_dir)
+        self._lock = FileLock(str(self.run_dir / LOCK), timeout=0)
+        self.held = False
+
+    def acquire(self) -> bool:
+        """Take the claim; ``False`` if another process holds it (never waits)."""
+        from filelock import Timeout
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        self.held = True
+        write_json_atomic(self.run_dir / OWNER, _identity())
+        return True
+
+    def release(self) -> None:
+        if not self.held:
+            return
+        info = read_json(self.run_dir / OWNER)
+        if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
+            (self.run_dir / OWNER).unlink(missing_ok=True)
+        self.held = False
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
 
 
-def release_lock(run_dir: Path) -> None:
-    path = run_dir / LOCK
-    info = read_json(path)
-    if info is not None and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
-        path.unlink(missing_ok=True)
+def claim_free(run_dir: Path) -> bool:
+    """Whether nobody holds the run's claim now (probes the lock for an instant; a claimant that loses to the probe
+    reports the run ``busy`` and the sweep tries again)."""
+    if not (Path(run_dir) / LOCK).exists():
+        return True
+    claim = RunClaim(run_dir)
+    if claim.acquire():
+        claim.release()
+        return True
+    return False
+
+
+def claim_owner(run_dir: Path) -> dict[str, Any] | None:
+    """The holder of the run's claim as its owner file names it, if that holder looks alive, else ``None``.
+
+    No lock is touched: a live pid on this host counts as holding; another host's claim is probed.
+    """
+    info = read_json(Path(run_dir) / OWNER)
+    if info is None:
+        return None
+    if info.get("host") != socket.gethostname():
+        return None if claim_free(run_dir) else info
+    pid = int(info.get("pid", -1))
+    return info if pid > 0 and _pid_alive(pid) else None
 
 
 def run_state(run_dir: Path) -> tuple[RunState, dict[str, Any]]:
@@ -112,8 +151,10 @@ def run_state(run_dir: Path) -> tuple[RunState, dict[str, Any]]:
     status = read_json(run_dir / "status.json") or {}
     if (run_dir / "results.json").is_file():
         return "done", status
-    if _lock_held(read_json(run_dir / LOCK)):
+    if claim_owner(run_dir) is not None:
         return "running", status
+    if status.get("status") == "pruned":
+        return "pruned", status
     if status.get("status") == "failed":
         return "failed", status
     if status.get("status") == "running" or (run_dir / "checkpoints").is_dir():

@@ -53,3 +53,28 @@ class RecordOptimizer(pl.Callback):
         with open(self.path, "a") as f:
             f.write(f"{pl_module.current_experience.index} {trainer.current_epoch} {type(opt).__name__} "
                     f"{opt.param_groups[0]['lr']:g}\n")
+
+
+from scenarios.digits import SplitDigits  # noqa: E402
+
+
+class SplitDigitsTestNoise(SplitDigits):
+    """SplitDigits whose test images carry seeded noise of scale ``test_noise``: the test data alone changes (the
+    training and validation images, carved from the training part, are SplitDigits' own)."""
+
+    def __init__(self, *, test_noise: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.test_noise = test_noise
+
+    def benchmark(self) -> Any:
+        import torch
+        from avalanche.benchmarks import nc_benchmark
+
+        from scenarios.digits import _dataset, load_digits_tensors
+
+        (xtr, ytr), (xte, yte) = load_digits_tensors(self.test_fraction, self.seed)
+        noise = torch.randn(xte.shape, generator=torch.Generator().manual_seed(12345))
+        xte = (xte + self.test_noise * noise).clamp(0.0, 1.0)
+        return nc_benchmark(_dataset(xtr, ytr), _dataset(xte, yte), n_experiences=self.n_experiences,
+                            task_labels=self.setting == "task-il", fixed_class_order=list(range(10)),
+                            class_ids_from_zero_in_each_exp=False)

@@ -25,7 +25,8 @@ def fake_results(strategy: str, seed: int, acc: float, bwt: float, matrix: list[
             "n_experiences": 2, "accuracy_matrix": matrix or [[acc, 0.5], [acc, acc]],
             "random_init_accuracy": [0.5, 0.5], "per_experience": [], "config": {},
             "metrics": {"acc": acc, "bwt": bwt, "fwt": 0.0, "forgetting": -bwt, "learning_acc": acc},
-            "strategy_state_bytes": state, "wall_seconds": wall}
+            "strategy_state_bytes": state, "wall_seconds": wall,
+            "evaluation": {"task_ids": True, "mode": "task-aware"}}
 
 
 def make_sweep(root: Path, runs: list[tuple[str, int, list[int], dict[str, Any] | None, str]],
@@ -35,8 +36,9 @@ def make_sweep(root: Path, runs: list[tuple[str, int, list[int], dict[str, Any] 
     for i, (strategy, seed, order, results, status) in enumerate(runs):
         run_id = f"{strategy}-s{seed}-o{''.join(map(str, order))}"
         labels = dict(zip(keys, (strategy, str(seed), json.dumps(order, separators=(",", ":")))))
+        grid = dict(zip(keys, (f"strategies.{strategy}", seed, order)))
         entries.append({"run_id": run_id, "index": i, "strategy": strategy, "scenario": "ToySplit", "labels": labels,
-                        "status": status})
+                        "grid": grid, "status": status})
         run_dir = root / run_id
         run_dir.mkdir(parents=True)
         (run_dir / "status.json").write_text(json.dumps({"run_id": run_id, "index": i, "labels": labels,
@@ -59,7 +61,7 @@ def test_mean_and_sample_std_over_seeds_per_strategy_and_order(tmp_path: Path) -
         ("GPM", 0, [0, 1], fake_results("GPM", 0, acc=0.8, bwt=0.0, state=3 * 2**20), "done"),
     ])
     report = sweep_report([sweep])
-    assert report["columns"] == ["strategy", "scenario", "data.init_args.task_order"]
+    assert report["columns"] == ["strategy", "scenario", "evaluation", "data.init_args.task_order"]
     table = rows(report)
     assert [(r["strategy"], r["task_order"], r["n_done"]) for r in table] == [
         ("Naive", "[0,1]", "2"), ("Naive", "[1,0]", "1"), ("GPM", "[0,1]", "1")]
@@ -69,9 +71,12 @@ def test_mean_and_sample_std_over_seeds_per_strategy_and_order(tmp_path: Path) -
     assert float(first["bwt_mean"]) == pytest.approx(-0.3) and float(first["wall_s_mean"]) == pytest.approx(15.0)
     assert table[1]["acc_std"] == "" and float(table[2]["state_mb_mean"]) == pytest.approx(3.0)
     md = report["markdown"]
-    assert "| Naive    | ToySplit | [0,1]" in md and "0.600 ± 0.141" in md and "-0.300 ± 0.141" in md
+    assert "| Naive    | ToySplit | task-aware | [0,1]" in md and "0.600 ± 0.141" in md and "-0.300 ± 0.141" in md
     assert "4 done, 0 failed, 0 not finished, of 4 planned" in md
-    for name in ("report.md", "report.csv", "report_bars.png", "report_matrices.png"):
+    text = report["text"]  # the terminal's: aligned text, no markdown
+    assert "Naive     ToySplit  task-aware  [0,1]" in text and "0.600 ± 0.141" in text
+    assert not any(mark in text for mark in ("|", "![", "#", "`"))
+    for name in ("report.md", "report.csv", "report.tex", "report_bars.png", "report_matrices.png"):
         assert (sweep / name).stat().st_size > 0
 
 
@@ -99,7 +104,10 @@ def test_failed_and_unfinished_runs_are_reported_not_averaged(tmp_path: Path) ->
     assert (table[1]["strategy"], table[1]["n_done"], table[1]["acc_mean"]) == ("GPM", "0", "")
     md = report["markdown"]
     assert "1 done, 2 failed, 1 not finished, of 4 planned" in md
-    assert "## Failed runs" in md and "Naive-s1-o01" in md and "GPM-s0-o01" in md and "boom: bad lr" in md
+    assert "## Not finished" in md and "Naive-s1-o01" in md and "GPM-s0-o01" in md and "boom: bad lr" in md
+    unfinished = {line.split()[0]: line for line in report["text"].split("Not finished (3):")[1].splitlines()[3:]}
+    assert "failed" in unfinished["Naive-s1-o01"] and "boom: bad lr" in unfinished["Naive-s1-o01"]
+    assert "pending" in unfinished["Naive-s2-o01"] and "not started" in unfinished["Naive-s2-o01"]
 
 
 def test_shards_in_separate_directories_merge_and_stale_runs_are_ignored(tmp_path: Path) -> None:
@@ -129,27 +137,54 @@ def test_report_command_keeps_single_run_tables(tmp_path: Path, capsys: pytest.C
     for name, acc in (("r1", 0.25), ("r2", 0.75)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(fake_results("EWC", 0, acc=acc, bwt=-0.125)))
-    main([str(tmp_path / "r1"), str(tmp_path / "r2")])
+    main([str(tmp_path / "r1"), str(tmp_path / "r2"), "--per_run"])
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 4 and "0.2500" in out[2] and "0.7500" in out[3] and "-0.1250" in out[3]
+    rows = [line for line in out if str(tmp_path) in line]
+    assert len(rows) == 2 and "0.250" in rows[0] and "0.750" in rows[1] and "-0.125" in rows[1]
     sweep = make_sweep(tmp_path / "s", [("Naive", 0, [0, 1], fake_results("Naive", 0, acc=0.5, bwt=0.0), "done")])
     with pytest.raises(DataError, match="not sweep directories"):
         main([str(sweep), str(tmp_path / "r1")])
     main([str(sweep), "--no_plots"])
-    assert "# Sweep report" in capsys.readouterr().out and not (sweep / "report_bars.png").exists()
+    printed = capsys.readouterr().out
+    assert printed.startswith("Sweep report\n") and "#" not in printed and not (sweep / "report_bars.png").exists()
+    main([str(sweep), "--no_plots", "--markdown"])
+    assert capsys.readouterr().out.startswith("# Sweep report")
 
 
-def test_a_strategy_keeps_its_own_label_in_sweep_tables(tmp_path: Path) -> None:
-    """The grid labels a run by class name; a strategy's label (CUBER's "reconstruction" tag) must still show."""
-    def run(model: str, strategy: str) -> SweepRun:
-        res = {"strategy": strategy, "scenario": "ToySplit"}
-        return SweepRun(run_id=model, run_dir=tmp_path, labels={"model": model}, state="done", results=res)
+def test_a_strategy_keeps_its_own_label_and_its_varying_init_args_get_columns(tmp_path: Path) -> None:
+    """CUBER's label ("reconstruction") must show; init args that differ between grid values become columns."""
+    def run(name: str, args: dict[str, Any], strategy: str | None) -> SweepRun:
+        res = None if strategy is None else {"strategy": strategy, "scenario": "ToySplit"}
+        params = {"model.class_path": f"strategies.{name}", **{f"model.init_args.{k}": v for k, v in args.items()}}
+        return SweepRun(run_id=name, run_dir=tmp_path, labels={"model": name}, state="done" if res else "pending",
+                        results=res, params=params, names={"strategy": name, "scenario": "ToySplit"})
 
-    runs = [run("CUBER", "CUBER (clkit reconstruction)"), run("CUBER(eps_corr=0.1)", "CUBER (clkit reconstruction)"),
-            run("GPM", "GPM")]
-    pending = SweepRun(run_id="cut", run_dir=tmp_path, labels={"model": "CUBER"}, state="pending",
-                       names={"strategy": "CUBER", "scenario": "ToySplit"})
-    _, groups = group_runs(["model"], [*runs, pending], [])
-    assert [g.labels["strategy"] for g in groups] == [
-        "CUBER (clkit reconstruction)", "CUBER (clkit reconstruction)(eps_corr=0.1)", "GPM"]
+    label = "CUBER (clkit reconstruction)"
+    runs = [run("CUBER", {}, label), run("CUBER", {"eps_corr": 0.1}, label), run("GPM", {}, "GPM"),
+            run("CUBER", {}, None)]
+    columns, groups = group_runs(["model"], runs, [])
+    assert columns == ["strategy", "scenario", "evaluation", "model.init_args.eps_corr"]
+    assert [(g.labels["strategy"], g.labels["model.init_args.eps_corr"]) for g in groups] == [
+        (label, "-"), (label, "0.1"), ("GPM", "-")]
     assert len(groups[0].runs) == 2  # a run without results yet joins its strategy's row
+
+
+def test_plain_runs_are_averaged_over_seeds_with_a_column_per_differing_setting(tmp_path: Path) -> None:
+    from clkit.cli.report import runs_report
+
+    files = []
+    for name, lam, seed, acc in (("a", 1.0, 0, 0.5), ("b", 1.0, 1, 0.7), ("c", 50.0, 0, 0.9)):
+        res = fake_results("EWC", seed, acc=acc, bwt=0.0)
+        res["config"] = {"seed_everything": seed, "model": {"class_path": "strategies.EWC",
+                                                            "init_args": {"ewc_lambda": lam}},
+                         "data": {"class_path": "scenarios.ToySplit", "init_args": {"seed": seed}},
+                         "trainer": {"max_epochs": 1, "enable_progress_bar": seed == 0}}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+        files.append(tmp_path / name / "results.json")
+    report = runs_report(files)
+    assert report["columns"] == ["strategy", "scenario", "evaluation", "model.init_args.ewc_lambda"]
+    table = rows(report)
+    assert [(r["ewc_lambda"], r["n_done"]) for r in table] == [("1.0", "2"), ("50.0", "1")]
+    assert float(table[0]["acc_mean"]) == pytest.approx(0.6) and float(table[0]["acc_std"]) == pytest.approx(0.1414, 1e-3)
+    assert "0.600 ± 0.141" in report["text"] and "task-aware" in report["text"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import signal
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from clkit.cli.report import sweep_report
 from clkit.cli.sweep import main as sweep_main
 from clkit.cli.sweep import parse_shard, plan, run_sweep
 from clkit.cli.sweep_plan import expand, load_sweep, merge_value
-from clkit.cli.sweep_state import acquire_lock, read_json, release_lock
+from clkit.cli.sweep_state import OWNER, read_json
 from clkit.errors import ClkitError, ConfigError
 
 SGD = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
@@ -113,20 +112,6 @@ def test_shards_partition_the_runs(tmp_path: Path) -> None:
         parse_shard("4/4")
 
 
-def test_a_lock_of_a_live_process_blocks_and_a_dead_ones_is_taken_over(tmp_path: Path) -> None:
-    import socket
-
-    lock = tmp_path / ".lock"
-    lock.write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
-    assert not acquire_lock(tmp_path)
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
-    assert acquire_lock(tmp_path) and read_json(lock)["pid"] == os.getpid()
-    release_lock(tmp_path)
-    assert not lock.exists()
-
-
 # -- running ----------------------------------------------------------------------------------------------------------
 def test_sweep_table_equals_the_run_files_and_a_rerun_skips_everything(tmp_path: Path) -> None:
     spec = load_sweep(sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0, 1]}))
@@ -168,20 +153,13 @@ def test_a_failing_run_is_recorded_and_the_others_finish(tmp_path: Path, capsys:
     assert failed["status"] == "failed" and "simulated crash at experience 1" in failed["error"]
     assert done["status"] == "done"
     report = sweep_report([spec.sweep_dir], plots=False)["markdown"]
-    assert "## Failed runs" in report and failed["run_id"] in report and "simulated crash" in report
+    assert "## Not finished" in report and failed["run_id"] in report and "simulated crash" in report
     assert "1 done, 1 failed" in report
     assert run_sweep(spec, workers=0, skip_failed=True)["skipped"] == 2
     assert run_sweep(spec, workers=0)["failed"] == 1  # retried by default: resumes after experience 0, fails again
     status = read_json(spec.sweep_dir / failed["run_id"] / "status.json")
     assert status["attempt"] == 2 and status["resumed_from"] == 1
     assert "[1/2] failed" in capsys.readouterr().out
-
-
-@pytest.fixture
-def sigint_restored() -> Any:
-    handler = signal.getsignal(signal.SIGINT)
-    yield
-    signal.signal(signal.SIGINT, handler)  # Lightning ignores SIGINT after it handled a KeyboardInterrupt
 
 
 def _matrix(run_dir: Path) -> list[list[float]]:
@@ -238,7 +216,7 @@ def test_a_killed_parallel_sweep_loses_and_duplicates_nothing(tmp_path: Path) ->
             break
         time.sleep(0.02)
     assert proc.poll() is None and done and cut, "the sweep ended before it could be killed mid-run"
-    locks = [read_json(d / ".lock") for d in dirs if (d / ".lock").exists()]  # every busy worker, cut run or not
+    locks = [read_json(d / OWNER) for d in dirs if (d / OWNER).exists()]  # every busy worker, cut run or not
     workers = [lock["pid"] for lock in locks if lock is not None]
     proc.send_signal(signal.SIGKILL)  # the sweep process only: its workers must notice and stop by themselves
     proc.wait()
@@ -274,3 +252,32 @@ def test_grid_labels_name_a_class_alike_in_both_forms() -> None:
     assert value_label("strategies.GPM") == value_label({"class_path": "strategies.GPM"}) == "GPM"
     assert value_label("scenarios.classic.SplitMNIST") == "SplitMNIST"
     assert value_label("task-il") == "task-il" and value_label("a.b") == "a.b"  # plain strings stay
+
+
+def test_command_line_overrides_reach_every_run_and_a_swept_key_is_refused(tmp_path: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    from clkit.cli.sweep_plan import parse_overrides
+
+    assert parse_overrides(["x.yaml", "--trainer.max_epochs", "2", "--model.init_args.lr=0.5", "--workers", "0"]) == (
+        {"trainer.max_epochs": 2, "model.init_args.lr": 0.5}, ["x.yaml", "--workers", "0"])
+    path = sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0]})
+    plain = {r.run_id for r in plan(load_sweep(path))[0]}
+    spec = load_sweep(path)
+    spec.override({"trainer.max_epochs": 2})
+    runs = plan(spec)[0]
+    assert all(r.config["trainer"]["max_epochs"] == 2 for r in runs) and not plain & {r.run_id for r in runs}
+    sweep_main([str(path), "--trainer.max_epochs", "2", "--dry_run"])
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split()[1] for line in out[1:]] == [r.run_id for r in runs]
+    assert out[1].endswith("model=Naive seed_everything=0") and "{" not in out[1]  # readable, not a dict repr
+    with pytest.raises(ConfigError, match="the grid sweeps seed_everything"):
+        sweep_main([str(path), "--seed_everything", "3"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        sweep_main([str(path), "--trainer.max_epochs"])
+
+
+def test_a_dry_run_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    path = sweep_file(tmp_path, {"seed_everything": list(range(400))})
+    proc = subprocess.run(f"{sys.executable} -m clkit.cli sweep {path} --dry_run | head -2", shell=True,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0 and proc.stderr == "" and len(proc.stdout.splitlines()) == 2
