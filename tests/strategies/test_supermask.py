@@ -10,7 +10,13 @@ from torch import nn
 
 from clkit.data import StreamSpec
 from strategies.supermask import MaskedMLP, SupSup
-from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
+from strategies.supermask.inference import (
+    infer_task_binary,
+    infer_task_exhaustive,
+    infer_task_oneshot,
+    mean_entropy,
+    superfluous_objective,
+)
 from strategies.supermask.kkt import (
     choose_sources,
     knn_accuracy,
@@ -324,3 +330,11 @@ def test_exhaustive_inference_picks_the_lowest_normalised_entropy() -> None:
     assert float(mean_entropy(wide)) / math.log(4) < float(mean_entropy(confident)) / math.log(2)
     with pytest.raises(ValueError, match="at least one"):
         infer_task_exhaustive(logits.__getitem__, [])
+
+
+def test_superfluous_objective_flows_through_the_superfluous_outputs_only() -> None:
+    logits = torch.randn(4, 5, generator=_gen(), requires_grad=True)
+    value = superfluous_objective(2)(logits)
+    torch.testing.assert_close(value, logits.logsumexp(dim=1).mean())
+    (grad,) = torch.autograd.grad(value, logits)
+    assert not grad[:, :2].any() and (grad[:, 2:] > 0).all()
