@@ -26,13 +26,22 @@ __all__ = ["BestState", "ExSSNeT"]
 
 Phase = Literal["mask", "weight"]
 SimInit = Literal["none", "knn_best", "knn_always", "knn_all"]
+Select = Literal["val_loss", "val_acc", "last"]
 
 
 class BestState:
-    """The best validation state of the task being learned: its scores, all masked weights, its BN statistics."""
+    """The kept state of the task being learned: its scores, all masked weights, its BN statistics.
 
-    def __init__(self) -> None:
+    Every validated epoch is offered; ``select`` decides which one is kept: ``"val_loss"`` the lowest validation
+    loss, ``"val_acc"`` the highest validation accuracy (ties go to the later epoch, so an epoch that only matches
+    never discards the training after it; ``strict=True`` keeps the earlier one, as the official code), ``"last"``
+    the last epoch (no snapshot).
+    """
+
+    def __init__(self, select: Select = "val_loss", strict: bool = False) -> None:
+        self.select, self.strict = select, strict
         self.acc = -math.inf
+        self.loss = math.inf
         self.epoch = -1
         self.tensors: Optional[list[Tensor]] = None
 
@@ -47,11 +56,20 @@ class BestState:
                 out += [b for b in m.bns[task].buffers() if b is not None]
         return out
 
-    def offer(self, module: torch.nn.Module, task: int, acc: float, epoch: int) -> None:
-        """Snapshot the state if ``acc`` beats the best so far (ties keep the earlier epoch)."""
-        if acc > self.acc:
-            self.acc, self.epoch = acc, epoch
-            self.tensors = [t.detach().clone() for t in self._state(module, task)]
+    def better(self, acc: float, loss: float) -> bool:
+        """Whether an epoch with validation ``acc`` and ``loss`` replaces the kept one."""
+        if self.select == "last":
+            return True
+        if self.select == "val_loss":
+            return loss < self.loss if self.strict else loss <= self.loss
+        return acc > self.acc if self.strict else acc >= self.acc
+
+    def offer(self, module: torch.nn.Module, task: int, acc: float, loss: float, epoch: int) -> None:
+        """Snapshot the state if this epoch is :meth:`better` than the kept one (``"last"``: record it only)."""
+        if self.better(acc, loss):
+            self.acc, self.loss, self.epoch = acc, loss, epoch
+            if self.select != "last":
+                self.tensors = [t.detach().clone() for t in self._state(module, task)]
 
     def reinstate(self, module: ExSSNeT, task: int) -> None:
         """Restore the snapshot of an already frozen ``task`` and freeze it again (official row 4, faithful mode)."""
@@ -62,7 +80,7 @@ class BestState:
         module.freeze_task(task)
 
     def restore(self, module: torch.nn.Module, task: int) -> None:
-        """Write the snapshot back (no-op when validation never ran)."""
+        """Write the snapshot back (no-op when validation never ran or ``select="last"``)."""
         if self.tensors is None:
             return
         with torch.no_grad():
@@ -103,13 +121,14 @@ class ExSSNeT(SupermaskModule):
     """
 
     kkt_log: list[dict[str, Any]]  # CL memory
-    best_log: dict[int, dict[str, float]]
+    best_log: dict[int, dict[str, Any]]
     pending: list[Any]
 
     def __init__(self, *, mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-3,
                  sim_init: SimInit = "none", knn_k: int = 200, data_fraction: float = 0.2,
                  keep_scores: Optional[KeepScores] = None, exclusive: bool = True,
-                 post_step_masking: Optional[bool] = None, debug_checks: bool = False, **kwargs: Any) -> None:
+                 select: Select = "val_loss", post_step_masking: Optional[bool] = None, debug_checks: bool = False,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mask_epochs < 0 or weight_epochs < 0 or mask_epochs + weight_epochs == 0:
             raise ConfigError(f"need mask_epochs, weight_epochs >= 0 and not both 0, got {mask_epochs}, {weight_epochs}")
@@ -117,6 +136,8 @@ class ExSSNeT(SupermaskModule):
             raise ConfigError(f"mask_lr must be > 0, got {mask_lr}")
         if sim_init not in ("none", "knn_best", "knn_always", "knn_all"):
             raise ConfigError(f"sim_init={sim_init!r} is not one of 'none', 'knn_best', 'knn_always', 'knn_all'")
+        if select not in ("val_loss", "val_acc", "last"):
+            raise ConfigError(f"select={select!r} is not one of 'val_loss', 'val_acc', 'last'")
         if keep_scores not in (None, "float", "bits"):
             raise ConfigError(f"keep_scores={keep_scores!r} is not one of 'float', 'bits'")
         if knn_k < 1 or not 0.0 < data_fraction <= 1.0:
@@ -133,11 +154,12 @@ class ExSSNeT(SupermaskModule):
         self.automatic_optimization = False
         self.phase: Phase = "mask"
         self.exclusive_masks: list[Tensor] = []  # E_t per masked layer during phase B
-        self.best = BestState()
+        self.select = select
+        self.best = self._new_best()
         self.register_memory("kkt_log", [])  # per KKT transfer: KNN accuracies and chosen sources
-        self.register_memory("best_log", {})  # task -> best validation accuracy and its epoch
+        self.register_memory("best_log", {})  # experience -> kept epoch of each phase, its validation accuracy/loss
         self.register_memory("pending", [])  # faithful: [task, best-state tensors] applied at the next task
-        self.val_counts = [0, 0]
+        self.val_counts = [0.0, 0.0, 0.0]  # correct, total, summed cross-entropy
 
     @property
     def keep_scores(self) -> KeepScores:
@@ -287,14 +309,15 @@ class ExSSNeT(SupermaskModule):
     def validation_step(self, batch: tuple[Tensor, Tensor, Tensor], batch_idx: int) -> None:
         x, y, t = batch
         logits = self(x, t)
-        self.val_counts[0] += int((logits.argmax(-1) == y).sum())
+        self.val_counts[0] += int((self.real_logits(logits).argmax(-1) == y).sum())
         self.val_counts[1] += len(y)
+        self.val_counts[2] += float(F.cross_entropy(logits, y, reduction="sum"))
         self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         counts = self.trainer.strategy.reduce(torch.tensor(self.val_counts, dtype=torch.float64), reduce_op="sum")
-        correct, total = (float(c) for c in counts)  # summed over DDP ranks, so every rank keeps the same state
-        self.val_counts = [0, 0]
+        correct, total, loss = (float(c) for c in counts)  # summed over DDP ranks: every rank keeps the same state
+        self.val_counts = [0.0, 0.0, 0.0]
         if self.trainer.sanity_checking or total == 0 or self.current_experience is None:
             return
         acc = correct / total
@@ -303,16 +326,17 @@ class ExSSNeT(SupermaskModule):
             schedulers = self.lr_schedulers()
             assert isinstance(schedulers, list)
             schedulers[2 if self.phase == "mask" else 3].step(acc)  # type: ignore[arg-type]
-        self.best.offer(self, self.current_experience.task_id, acc, self.current_epoch)
+        self.best.offer(self, self.current_experience.task_id, acc, loss / total, self.current_epoch)
 
     def on_experience_start(self, experience: Experience) -> None:
+        self.pin_threads()
         if self.pending:  # faithful: the previous task continues from its best state, not its last
             best = BestState()
             best.tensors = list(self.pending[1])
             best.reinstate(self, int(self.pending[0]))
             self.pending = []
         super().on_experience_start(experience)
-        self.phase, self.exclusive_masks, self.best = "mask", [], BestState()
+        self.phase, self.exclusive_masks, self.best = "mask", [], self._new_best()
         self._set_trainable(scores=True)
 
     def on_experience_end(self, experience: Experience) -> None:
@@ -320,13 +344,26 @@ class ExSSNeT(SupermaskModule):
             self.pending = [experience.task_id, self.best.tensors] if self.best.tensors is not None else []
         else:
             self.best.restore(self, experience.task_id)  # scores, weights and BN statistics of the best epoch
-        if self.best.tensors is not None:
-            self.best_log = {**self.best_log, experience.task_id: {"val_acc": self.best.acc, "epoch": self.best.epoch}}
+        self.best_log = {**self.best_log, experience.index: self._kept(self.best)}
         self._set_trainable(scores=False)
         self.exclusive_masks, self.phase = [], "mask"
         for layer in self._masked():
             layer.weight.requires_grad_(False)
         super().on_experience_end(experience)
+
+    def _new_best(self) -> BestState:
+        """Faithful mode selects as the official code: highest validation accuracy, ties to the earlier epoch."""
+        return BestState("val_acc", strict=True) if self.faithful else BestState(self.select)
+
+    def _kept(self, best: BestState) -> dict[str, Any]:
+        """Which epoch of each phase the kept state ends with (1-based; 0: none of that phase's training kept)."""
+        total = self.mask_epochs + self.weight_epochs
+        end = total if best.epoch < 0 else best.epoch + 1  # no validation: the last state is kept
+        out: dict[str, Any] = {"mask": min(end, self.mask_epochs), "weight": max(0, end - self.mask_epochs),
+                               "selected_on": best.select if best.epoch >= 0 else "last"}
+        if best.epoch >= 0:
+            out.update(val_acc=round(best.acc, 6), val_loss=round(best.loss, 6))
+        return out
 
     def load_memory_state(self, state: dict[str, Any]) -> None:
         super().load_memory_state(state)
@@ -336,6 +373,6 @@ class ExSSNeT(SupermaskModule):
         out = super().extra_results(accuracy_matrix)
         if self.kkt_log:
             out["kkt"] = self.kkt_log
-        out["best_validation"] = self.best_log
+        out["kept_epochs"] = self.best_log
         out["free_capacity"] = [1.0 - layer.union_count() / layer.weight.numel() for layer in self._masked()]
         return out
