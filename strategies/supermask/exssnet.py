@@ -11,7 +11,8 @@ from torch import Tensor
 
 from clkit.data import Experience, TensorData, make_loader
 from clkit.errors import ConfigError
-from clkit.optim import probe
+from clkit.module import OptimizerCallable
+from clkit.optim import probe, spec
 from strategies.supermask.base import SupermaskModule
 from strategies.supermask.kkt import (
     choose_sources,
@@ -97,8 +98,9 @@ class ExSSNeT(SupermaskModule):
     ``E_t = M_t & ~U_t`` (``weight_epochs``, with ``optimizer``: default Adam lr 1e-3, weight decay 0). Old tasks'
     ``W * M_i`` never change, so BWT is exactly 0. Both phases run in one ``fit`` with manual optimization: one fresh
     optimizer per phase (the weight optimizer has no state before phase B starts), each with a cosine schedule over
-    its epochs. The best state on the experience's validation split over both phases is restored at the end
-    (without a validation split the last state is kept). KKT (``sim_init``) initialises a new task's scores from
+    its epochs. One state over both phases is kept at the end, chosen on the experience's validation split by
+    ``select`` (without a validation split, the last state); ``results.json`` → ``kept_epochs`` says, per
+    experience, which epoch of each phase it ends with. KKT (``sim_init``) initialises a new task's scores from
     the earlier task whose masked features give the best KNN accuracy on the new data. Scenario: task-IL.
 
     Args:
@@ -112,6 +114,11 @@ class ExSSNeT(SupermaskModule):
         keep_scores: ``"float"`` keeps every task's real scores (exact KKT), ``"bits"`` only the packed masks;
             default ``"float"`` with KKT, ``"bits"`` without.
         exclusive: ``False`` is the SSNeT ablation (``E_t = M_t``), which overwrites shared weights and forgets.
+        select: Which validated epoch's state is kept: ``"val_loss"`` (lowest validation loss), ``"val_acc"``
+            (highest validation accuracy, ties to the later epoch) or ``"last"``. The official strict ``>`` on
+            accuracy (faithful mode) keeps the earliest of tied epochs: on ``configs/exssnet_digits.yaml``
+            (validation accuracy 1.0 on ~25 examples from the first epoch) it kept epoch 0 of every task, discarding
+            the whole weight phase.
         post_step_masking: Restore weights outside ``E_t`` after every step; default on unless the weight optimizer
             is Adam with weight decay 0 (whose zero-gradient weights never move).
         debug_checks: Assert after every step that no weight outside ``E_t`` moved.
@@ -124,12 +131,13 @@ class ExSSNeT(SupermaskModule):
     best_log: dict[int, dict[str, Any]]
     pending: list[Any]
 
-    def __init__(self, *, mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-3,
+    def __init__(self, *, mask_epochs: int = 50, weight_epochs: int = 50, mask_lr: float = 1e-2,
                  sim_init: SimInit = "none", knn_k: int = 200, data_fraction: float = 0.2,
                  keep_scores: Optional[KeepScores] = None, exclusive: bool = True,
                  select: Select = "val_loss", post_step_masking: Optional[bool] = None, debug_checks: bool = False,
+                 optimizer: OptimizerCallable = spec("torch.optim.Adam", lr=1e-2),  # type: ignore[assignment]
                  **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(optimizer=optimizer, **kwargs)
         if mask_epochs < 0 or weight_epochs < 0 or mask_epochs + weight_epochs == 0:
             raise ConfigError(f"need mask_epochs, weight_epochs >= 0 and not both 0, got {mask_epochs}, {weight_epochs}")
         if mask_lr <= 0:
