@@ -1,6 +1,6 @@
 """Markdown tables (mean ± std over seeds) from the JSON lines of ``supermask_density.py``.
 
-    python scripts/experiments/supermask_table.py runs/density.jsonl [--tags final] [--by method density]
+    python scripts/experiments/supermask_table.py runs/density.jsonl [--tags final] [--by method density] [--pivot]
 
 One row per group of runs (default: method, scenario, density, tag): test ACC, validation ACC, the per-task range
 of the diagonal, the mean number of a task's classes that no input reaches through its masks, the weight epochs
@@ -45,16 +45,36 @@ def table(rows: list[dict[str, Any]], by: list[str]) -> str:
     return "\n".join(out)
 
 
+def pivot(rows: list[dict[str, Any]], by: list[str]) -> str:
+    """Rows by ``by``, one column per density: test ACC mean ± std (validation ACC mean) and the seed count."""
+    densities = sorted({r["density"] for r in rows})
+    groups: dict[tuple[Any, ...], dict[float, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups[tuple(str(r.get(k)) for k in by)][r["density"]].append(r)
+    head = [*by, *(f"{100 * d:g} %: test (val) ACC %, seeds" for d in densities)]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, cells in sorted(groups.items()):
+        row = list(key)
+        for d in densities:
+            rs = cells.get(d, [])
+            vals = [r["val_acc"] for r in rs if r.get("val_acc") is not None]
+            val = f" ({100 * statistics.mean(vals):.1f})" if vals else ""
+            row.append(f"{mean_std([r['acc'] for r in rs])}{val}, {len(rs)}" if rs else "–")
+        out.append("| " + " | ".join(row) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", type=Path, nargs="+")
     parser.add_argument("--tags", nargs="*", default=None)
     parser.add_argument("--by", nargs="+", default=["method", "scenario", "density", "tag"])
+    parser.add_argument("--pivot", action="store_true", help="one column per density (rows: --by without density)")
     a = parser.parse_args()
     rows = [json.loads(line) for f in a.files for line in f.read_text().splitlines() if line.strip()]
     if a.tags is not None:
         rows = [r for r in rows if r.get("tag") in a.tags]
-    print(table(rows, a.by))
+    print(pivot(rows, [k for k in a.by if k != "density"]) if a.pivot else table(rows, a.by))
 
 
 if __name__ == "__main__":

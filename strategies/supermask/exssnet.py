@@ -95,7 +95,7 @@ class ExSSNeT(SupermaskModule):
 
     Per task: phase A learns a supermask over the current weights (scores only, ``mask_epochs``, Adam at
     ``mask_lr`` with weight decay 0); phase B trains the weights selected by that mask but by no earlier task,
-    ``E_t = M_t & ~U_t`` (``weight_epochs``, with ``optimizer``: default Adam lr 1e-3, weight decay 0). Old tasks'
+    ``E_t = M_t & ~U_t`` (``weight_epochs``, with ``optimizer``: default Adam lr 1e-2, weight decay 0). Old tasks'
     ``W * M_i`` never change, so BWT is exactly 0. Both phases run in one ``fit`` with manual optimization: one fresh
     optimizer per phase (the weight optimizer has no state before phase B starts), each with a cosine schedule over
     its epochs. One state over both phases is kept at the end, chosen on the experience's validation split by
@@ -107,7 +107,10 @@ class ExSSNeT(SupermaskModule):
         mask_epochs: Epochs of phase A; ``mask_epochs + weight_epochs`` replaces the trainer's ``max_epochs``.
         weight_epochs: Epochs of phase B.
         mask_lr: Adam learning rate of the scores (weight decay 0). Faithful mode uses the weight optimizer's lr
-            instead whenever ``weight_epochs > 0``, as the official code does.
+            instead whenever ``weight_epochs > 0``, as the official code does. The defaults (0.01 here and for the
+            weights, against the official 0.001) were chosen on validation accuracy at 2 % density on permuted
+            MNIST-5k: 79.5 ± 6.1 % test with both at 0.001, 87.3 ± 4.2 with the weights at 0.01, 90.2 ± 0.4 with
+            both (5 seeds, docs/results/supermask.md).
         sim_init: KKT mode: ``"none"``, ``"knn_best"``, ``"knn_always"`` or ``"knn_all"``.
         knn_k: Neighbours of the KNN probe.
         data_fraction: Fraction of the new task's training data used by the probe.
