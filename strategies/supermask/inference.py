@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["SuperposedForward", "alpha_gradient", "infer_task_binary", "infer_task_exhaustive", "infer_task_oneshot",
-           "mean_entropy"]
+__all__ = ["Objective", "SuperposedForward", "alpha_gradient", "infer_task_binary", "infer_task_exhaustive",
+           "infer_task_oneshot", "mean_entropy", "superfluous_objective"]
 
 SuperposedForward = Callable[[Tensor, Sequence[int]], Tensor]
+Objective = Callable[[Tensor], Tensor]  # logits (B, C) -> scalar the correct task's mask should lower
 
 
 def mean_entropy(logits: Tensor) -> Tensor:
@@ -24,34 +25,47 @@ def mean_entropy(logits: Tensor) -> Tensor:
     return -(logp.exp() * logp).sum(dim=1).mean()
 
 
-def alpha_gradient(forward: SuperposedForward, tasks: Sequence[int]) -> Tensor:
-    """``dH/dalpha`` at uniform ``alpha = 1/k`` over ``tasks``, shape (k,)."""
+def superfluous_objective(real: int) -> Objective:
+    """SupSup's ``G``: ``logsumexp`` over all outputs with the first ``real`` (the classes) detached, batch mean.
+
+    Its gradient flows through the superfluous outputs only; every task's mask was trained to keep them low on its
+    own data (they are never a label), so the correct mask is the one whose coefficient lowers them most.
+    """
+    def g(logits: Tensor) -> Tensor:
+        out = torch.cat([logits[:, :real].detach(), logits[:, real:]], dim=1)  # (B, real + s)
+        return out.logsumexp(dim=1).mean()
+
+    return g
+
+
+def alpha_gradient(forward: SuperposedForward, tasks: Sequence[int], objective: Objective = mean_entropy) -> Tensor:
+    """``d objective / d alpha`` (default the entropy ``H``) at uniform ``alpha = 1/k`` over ``tasks``, shape (k,)."""
     if not tasks:
         raise ValueError("task inference needs at least one learned task")
     alpha = torch.full((len(tasks),), 1.0 / len(tasks), requires_grad=True)
     with torch.enable_grad():
-        entropy = mean_entropy(forward(alpha, tasks))
-        (grad,) = torch.autograd.grad(entropy, alpha)
+        value = objective(forward(alpha, tasks))
+        (grad,) = torch.autograd.grad(value, alpha)
     return grad
 
 
-def infer_task_oneshot(forward: SuperposedForward, tasks: Sequence[int]) -> int:
+def infer_task_oneshot(forward: SuperposedForward, tasks: Sequence[int], objective: Objective = mean_entropy) -> int:
     """One gradient step: the task whose coefficient most decreases the entropy, ``tasks[argmin_i g_i]``.
 
     Only ``tasks`` (the learned ones) are candidates; unlearned slots are never chosen.
     """
-    grad = alpha_gradient(forward, tasks)
+    grad = alpha_gradient(forward, tasks, objective)
     return int(tasks[int(grad.argmin())])
 
 
-def infer_task_binary(forward: SuperposedForward, tasks: Sequence[int]) -> int:
+def infer_task_binary(forward: SuperposedForward, tasks: Sequence[int], objective: Objective = mean_entropy) -> int:
     """Binary variant: keep the tasks with ``g_i <= median(g)``, reset alpha uniform over them, repeat until one remains.
 
     Takes about ``log2(k)`` passes. If a pass removes nobody (all gradients tied), it falls back to the argmin.
     """
     candidates = list(tasks)
     while len(candidates) > 1:
-        grad = alpha_gradient(forward, candidates)
+        grad = alpha_gradient(forward, candidates, objective)
         kept = [t for t, g in zip(candidates, grad.tolist()) if g <= float(grad.median())]
         if len(kept) == len(candidates):
             kept = [candidates[int(grad.argmin())]]

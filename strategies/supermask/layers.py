@@ -69,6 +69,7 @@ class MaskedLayer(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(signed_constant_(torch.empty(shape), generator))
         self.density = density
+        self.per_row = False  # top-k per output unit instead of per layer (see masks.topk_mask)
         self.score_seed = score_seed
         self.scores = nn.ParameterDict()  # tasks being learned: str(t) -> S_t
         self.kept_scores = BufferStore()  # frozen real-valued scores (keep_scores="float")
@@ -105,7 +106,7 @@ class MaskedLayer(nn.Module):
         Freezing a task again replaces its mask and rebuilds the union from every stored mask.
         """
         scores = self.scores.pop(str(task))
-        packed = pack_bits(topk_mask(scores.detach(), self.density))
+        packed = pack_bits(topk_mask(scores.detach(), self.density, self.per_row))
         replacing = task in self.masks
         self.masks.set(task, packed)
         if replacing:
@@ -135,7 +136,7 @@ class MaskedLayer(nn.Module):
     def bool_mask(self, task: int) -> Tensor:
         """``M_task`` as a boolean tensor of the weight's shape."""
         if str(task) in self.scores:
-            return topk_mask(self.scores[str(task)].detach(), self.density).bool()
+            return topk_mask(self.scores[str(task)].detach(), self.density, self.per_row).bool()
         if task in self.masks:
             return unpack_bits(self.masks.get(task), self.weight.shape)
         raise KeyError(f"task {task} was never added to this layer (known: {self.known_tasks()})")
@@ -159,7 +160,7 @@ class MaskedLayer(nn.Module):
         src = self.scores[str(task)] if trainable else self.masks.get(task)
         needs_graph = trainable and self.training and src.requires_grad and torch.is_grad_enabled()
         if needs_graph:
-            return topk_mask(src, self.density)
+            return topk_mask(src, self.density, self.per_row)
         key = (task, src.data_ptr(), src._version)
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False):  # a cache made during evaluation must be usable in training
@@ -174,7 +175,7 @@ class MaskedLayer(nn.Module):
         if self._cache is None or self._cache[0] != key:
             with torch.inference_mode(False):
                 scores = score_init_(torch.empty(self.weight.shape), self.task_generator(task))
-                self._cache = (key, topk_mask(scores, self.density).to(self.weight.device, self.weight.dtype))
+                self._cache = (key, topk_mask(scores, self.density, self.per_row).to(self.weight.device, self.weight.dtype))
         return self._cache[1]
 
     def effective_weight(self) -> Tensor:

@@ -49,41 +49,46 @@ def kept_count(n: int, density: float) -> int:
 
 
 class _TopKSTE(torch.autograd.Function):
-    """Binary top-k mask of ``|S|`` forward; identity (straight-through) backward."""
+    """Binary top-k mask of ``|S|`` forward (``k`` per row when ``rows > 1``); identity (straight-through) backward."""
 
     @staticmethod
-    def forward(ctx: Any, magnitude: Tensor, k: int) -> Tensor:
-        flat = magnitude.detach().flatten()  # (n,)
-        n = flat.numel()
+    def forward(ctx: Any, magnitude: Tensor, k: int, rows: int = 1) -> Tensor:
+        flat = magnitude.detach().reshape(rows, -1)  # (rows, n): one row per output unit, or the whole layer
+        n = flat.shape[1]
         if k >= n:
             return torch.ones_like(magnitude)
         if k <= n // 2:  # pick the k largest
             mask = torch.zeros_like(flat)
-            mask[torch.topk(flat, k, largest=True, sorted=False).indices] = 1.0
+            mask.scatter_(1, torch.topk(flat, k, dim=1, largest=True, sorted=False).indices, 1.0)
         else:  # cheaper: drop the n - k smallest
             mask = torch.ones_like(flat)
-            mask[torch.topk(flat, n - k, largest=False, sorted=False).indices] = 0.0
-        return mask.view_as(magnitude)  # (n,) -> weight shape
+            mask.scatter_(1, torch.topk(flat, n - k, dim=1, largest=False, sorted=False).indices, 0.0)
+        return mask.view_as(magnitude)  # (rows, n) -> weight shape
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        return grad, None, None
 
 
-def topk_mask(scores: Tensor, density: float) -> Tensor:
+def topk_mask(scores: Tensor, density: float, per_row: bool = False) -> Tensor:
     """Top-k mask of ``|scores|`` keeping exactly :func:`kept_count` entries, with the straight-through estimator.
 
     The backward pass treats the mask as the identity of ``|S|``, so autograd yields
     ``dL/dS = sign(S) * dL/dM``; for ``W_eff = W * M`` that is ``sign(S) * dL/dW_eff * W``.
 
     Args:
-        scores: Real-valued score tensor of any shape.
+        scores: Real-valued score tensor of any shape (``(c_out, ...)`` when ``per_row``).
         density: Fraction kept, in (0, 1].
+        per_row: Keep :func:`kept_count` of every row ``scores[i]`` (each output unit's fan-in) instead of one
+            top-k over the whole tensor, so no output unit is left without inputs.
 
     Returns:
         A float mask of ``scores``' shape and dtype with values in {0, 1}.
     """
-    return _TopKSTE.apply(scores.abs(), kept_count(scores.numel(), density))
+    if per_row and scores.dim() > 1:
+        rows = scores.shape[0]
+        return _TopKSTE.apply(scores.abs(), kept_count(scores[0].numel(), density), rows)
+    return _TopKSTE.apply(scores.abs(), kept_count(scores.numel(), density), 1)
 
 
 def layer_density(shape: torch.Size | tuple[int, ...], mode: DensityMode, density: float, er_scale: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, Optional
 
@@ -11,7 +12,7 @@ import torch
 from clkit.data import ContinualDataModule, Experience, TensorData
 from clkit.loop import StreamRun, trainer_factory
 from scenarios.toy import ToySplit
-from strategies.supermask.exssnet import ExSSNeT
+from strategies.supermask.exssnet import BestState, ExSSNeT
 from strategies.supermask.masks import topk_mask, unpack_bits
 
 WEIGHT_LR = 0.01
@@ -110,11 +111,46 @@ def test_ssnet_ablation_forgets() -> None:
 
 
 def test_best_validation_state_is_restored() -> None:
-    strategy, _ = _run(_stream(2, val_fraction=0.3), mask_epochs=3, weight_epochs=3)
+    strategy, _ = _run(_stream(2, val_fraction=0.3), mask_epochs=3, weight_epochs=3, select="val_acc")
     assert set(strategy.val_after) == {0, 1}
     for task, acc in strategy.val_after.items():
-        assert acc == pytest.approx(strategy.best_log[task]["val_acc"])  # the carried state is the best one
-        assert 0 <= strategy.best_log[task]["epoch"] < 6
+        kept = strategy.best_log[task]
+        assert acc == pytest.approx(kept["val_acc"])  # the carried state is the best one
+        assert kept["selected_on"] == "val_acc" and 0 <= kept["mask"] <= 3 and 0 <= kept["weight"] <= 3
+        assert kept["weight"] == 0 or kept["mask"] == 3  # a weight epoch always ends the whole mask phase
+
+
+def test_ties_go_to_the_later_epoch() -> None:
+    module = ExSSNeT(**FAST)
+    module.bind(_stream(1).spec)
+    module.add_task(0)
+    later, strict = BestState("val_acc"), BestState("val_acc", strict=True)
+    for epoch in range(4):
+        for best in (later, strict):
+            best.offer(module, 0, 1.0, 0.5 - 0.1 * epoch, epoch)
+    assert later.epoch == 3 and strict.epoch == 0  # the official strict '>' keeps the first of equal epochs
+    by_loss = BestState("val_loss")
+    for epoch, loss in enumerate([0.5, 0.3, 0.4, 0.3]):
+        by_loss.offer(module, 0, 0.9, loss, epoch)
+    assert by_loss.epoch == 3
+
+
+@pytest.mark.parametrize("select", ["val_acc", "val_loss"])
+def test_weight_phase_survives_a_saturated_validation_split(select: str) -> None:
+    """Validation accuracy is 1.0 from the first epoch on (as on digits): the weight phase must still be kept."""
+    stream = _stream(2, val_fraction=0.1)
+    strategy, acc = _run(stream, mask_epochs=2, weight_epochs=3, select=select)
+    assert all(a == 1.0 for a in strategy.val_after.values())  # saturated: every epoch ties on accuracy
+    fresh = ExSSNeT(**FAST)
+    fresh.bind(stream.spec)
+    for exp in (0, 1):
+        kept = strategy.best_log[exp]
+        assert kept["selected_on"] == select and kept["mask"] == 2 and kept["weight"] >= 1, kept
+    moved = [not torch.equal(a.weight * a.bool_mask(0), b.weight * a.bool_mask(0))
+             for a, b in zip(strategy._masked(), fresh._masked())]
+    assert any(moved)  # task 0's kept state includes trained weights
+    results = StreamRun(ExSSNeT(**{**FAST, "select": select}), stream, trainer_factory()).run().results()
+    assert set(results["kept_epochs"]) == {0, 1} and results["kept_epochs"][0]["selected_on"] == select
 
 
 class _Repeat(ContinualDataModule):
@@ -160,7 +196,7 @@ def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
     optimizers, _ = strategy.configure_optimizers()
     assert optimizers[0].param_groups[0]["lr"] == WEIGHT_LR  # row 1: mask lr replaced by the weight lr
     layers = strategy._masked()
-    strategy.best.offer(strategy, 0, 0.9, epoch=0)
+    strategy.best.offer(strategy, 0, 0.9, 0.3, epoch=0)
     best = [(layer.bool_mask(0), layer.weight.clone()) for layer in layers]
     with torch.no_grad():  # later, worse epochs move scores and weights
         for layer in layers:
@@ -176,3 +212,30 @@ def test_faithful_rows_last_epoch_row_then_best_state_carried() -> None:
         assert torch.equal(unpack_bits(layer.union, layer.weight.shape), mask)
         assert torch.equal(layer.weight, weight)
     assert not torch.equal(best[0][0], last[0])
+
+
+class _ProbeSpy(ExSSNeT):
+    """Records how many training examples every KKT probe saw."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.probed: list[int] = []
+
+    def _penultimate(self, task: int, data: TensorData, rows: Optional[torch.Tensor],
+                     batches: int) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = super()._penultimate(task, data, rows, batches)
+        self.probed.append(len(labels))
+        return feats, labels
+
+
+@pytest.mark.parametrize("batch_size", [8, 16])
+def test_faithful_kkt_subset_is_counted_in_the_runs_batches(batch_size: int) -> None:
+    """Official subset: the first ``ceil(f * batches) + 1`` training batches, batches of the run's size."""
+    stream = _stream(2, samples_per_class=64, batch_size=batch_size)
+    strategy = _ProbeSpy(**{**FAST, "faithful": True, "sim_init": "knn_always", "knn_k": 5, "data_fraction": 0.2})
+    StreamRun(strategy, stream, trainer_factory(max_epochs=1)).run()
+    n = len(stream.experiences[1].train)
+    batches = math.ceil(0.2 * math.ceil(n / batch_size)) + 1
+    assert strategy.spec is not None and strategy.spec.batch_size == batch_size
+    assert strategy.probed == [min(n, batches * batch_size)]  # one probe (task 0) on task 1's data
+    assert strategy.probed[0] != min(n, (math.ceil(0.2 * math.ceil(n / 64)) + 1) * 64)  # not batches of 64

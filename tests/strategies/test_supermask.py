@@ -10,7 +10,13 @@ from torch import nn
 
 from clkit.data import StreamSpec
 from strategies.supermask import MaskedMLP, SupSup
-from strategies.supermask.inference import infer_task_binary, infer_task_exhaustive, infer_task_oneshot, mean_entropy
+from strategies.supermask.inference import (
+    infer_task_binary,
+    infer_task_exhaustive,
+    infer_task_oneshot,
+    mean_entropy,
+    superfluous_objective,
+)
 from strategies.supermask.kkt import (
     choose_sources,
     knn_accuracy,
@@ -324,3 +330,35 @@ def test_exhaustive_inference_picks_the_lowest_normalised_entropy() -> None:
     assert float(mean_entropy(wide)) / math.log(4) < float(mean_entropy(confident)) / math.log(2)
     with pytest.raises(ValueError, match="at least one"):
         infer_task_exhaustive(logits.__getitem__, [])
+
+
+def test_superfluous_objective_flows_through_the_superfluous_outputs_only() -> None:
+    logits = torch.randn(4, 5, generator=_gen(), requires_grad=True)
+    value = superfluous_objective(2)(logits)
+    torch.testing.assert_close(value, logits.logsumexp(dim=1).mean())
+    (grad,) = torch.autograd.grad(value, logits)
+    assert not grad[:, :2].any() and (grad[:, 2:] > 0).all()
+
+
+@pytest.mark.parametrize("density", [0.02, 0.3, 0.9])
+def test_per_row_topk_keeps_the_count_of_every_row(density: float) -> None:
+    scores = torch.randn(10, 100, generator=_gen())
+    scores[3] *= 100.0  # one row dominates: a whole-layer top-k would give it most of the budget
+    mask = topk_mask(scores, density, per_row=True)
+    assert mask.sum(dim=1).tolist() == [kept_count(100, density)] * 10
+    for row, kept in zip(scores.abs(), mask.bool()):
+        if (~kept).any():
+            assert row[kept].min() >= row[~kept].max()
+    whole = topk_mask(scores, density)
+    assert int(whole.sum()) == kept_count(1000, density) and int(whole[3].sum()) > kept_count(100, density)
+
+
+def test_per_row_head_leaves_no_class_without_weights() -> None:
+    spec = StreamSpec("task-il", (784,), 10, tuple(tuple(range(10)) for _ in range(2)), True, "toy", 64)
+    strategy = SupSup(density=0.02, per_row="head", backbone=MaskedMLP(hidden=[300, 100], norm=False))
+    strategy.bind(spec)
+    strategy.add_task(0)
+    head, first = strategy.heads[0], strategy._masked()[0]
+    assert head.per_row and not first.per_row
+    assert head.bool_mask(0).sum(dim=1).tolist() == [2] * 10  # kept_count(100, 0.02) for every class
+    assert int(first.bool_mask(0).sum()) == kept_count(784 * 300, 0.02)

@@ -85,11 +85,17 @@ def test_state_bytes_count_masks_union_and_bn() -> None:
     assert strategy.strategy_state_bytes() == 2 * per_task_bits + per_task_bits + bn_bytes  # masks + union + BN
 
 
-@pytest.mark.parametrize("mode,bn_infer", [("oneshot", "batch"), ("binary", "batch"), ("oneshot", "mixture"),
-                                           ("exhaustive", "batch")])
-def test_task_inference_finds_the_task(mode: str, bn_infer: str) -> None:
+@pytest.mark.parametrize("mode,bn_infer,superfluous", [("oneshot", "batch", 0), ("binary", "batch", 0),
+                                                       ("oneshot", "mixture", 0), ("exhaustive", "batch", 0),
+                                                       ("exhaustive", "batch", 4)])
+def test_task_inference_finds_the_task(mode: str, bn_infer: str, superfluous: int) -> None:
+    # Seeded: unseeded, the strategy took torch's per-process seed and the one-shot cases failed now and then (a
+    # first-order guess over three 2-output toy tasks: seed 3 misses one of three batches). One-shot with
+    # superfluous outputs is not reliable on this toy stream (4 of seeds 0-5 miss a batch); its gain is measured on
+    # split MNIST-5k (docs/results/supermask.md), its mechanics in test_superfluous_outputs_are_trained_low_*.
     stream = _stream()
-    strategy = _Spy(optimizer=adam(0.05, 1e-4), density=0.3, task_inference=mode, bn_infer=bn_infer)
+    strategy = _Spy(optimizer=adam(0.05, 1e-4), density=0.3, task_inference=mode, bn_infer=bn_infer,
+                    superfluous=superfluous, seed=0)
     acc = StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run().accuracy_matrix
     ids = strategy.task_id_accuracy()
     assert sorted(ids) == [0, 1, 2] and min(ids.values()) >= 0.9
@@ -141,3 +147,17 @@ def test_mask_overlap_diagnostic() -> None:
     both = sum(int((layer.bool_mask(0) & layer.bool_mask(2)).sum()) for layer in layers)
     assert overlap[0][2] == both / sum(int(layer.bool_mask(0).sum()) for layer in layers)
     assert 0.0 < overlap[0][2] < 1.0
+
+
+def test_superfluous_outputs_are_trained_low_and_never_predicted() -> None:
+    stream = _stream()
+    strategy = SupSup(optimizer=adam(0.05, 1e-4), density=0.3, superfluous=3, backbone=MaskedMLP(hidden=[32, 16]))
+    StreamRun(strategy, stream, trainer_factory(max_epochs=3)).run()
+    assert strategy.heads[0].weight.shape[0] == 2 + 3
+    strategy.eval()
+    x, y, t = stream.experiences[1].test[torch.arange(16)]
+    with torch.no_grad():
+        logits = strategy(x, t)
+    assert logits.shape == (16, 5)
+    assert (logits[:, 2:].max(dim=1).values < logits[:, :2].max(dim=1).values).float().mean() > 0.9
+    assert int(strategy.predict(x, t).max()) < 2  # predictions range over the classes only
