@@ -80,6 +80,10 @@ class ContinualModule(pl.LightningModule):
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     HEAD_BIAS: ClassVar[bool] = True
     LABEL: ClassVar[Optional[str]] = None  # name in results and tables; default: the class name
+    FAST_TRAINING: ClassVar[bool] = True
+    """Whether the loop may train through :class:`clkit.fastfit.FastFit` (Lightning sees chunks of batches; every
+    per-batch hook of the module still runs per batch). ``False`` for a strategy that needs Lightning's own
+    per-step machinery, e.g. one that reads ``trainer.num_training_batches``."""
     backbone: Optional[nn.Module]
     experiences_done: int  # CL memory: experiences learned (a strategy trains on one stream only)
 
