@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["ChunkedBatches", "FastFit"]
 
 _PER_BATCH_HOOKS = ("on_train_batch_start", "on_train_batch_end", "on_before_zero_grad")
-_SHADOWED = ("training_step", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end")
+_SHADOWED = ("on_fit_start", "training_step", "on_train_batch_start", "on_train_batch_end", "on_train_epoch_end")
 
 
 class ChunkedBatches:
@@ -84,6 +84,10 @@ class FastFit:
         self._callbacks_zero_grad = [cb for cb in trainer.callbacks if _overrides(cb, "on_before_zero_grad")]
         self._stop_epoch = False
         self._outer_dtype = torch.get_default_dtype()
+        from pytorch_lightning.plugins.precision import Precision
+
+        self._contexts = type(trainer.precision_plugin) is not Precision  # 32-true: no step context to enter/leave
+        self._schedulers = True  # until the first chunk shows there are none
 
     # -- whether ------------------------------------------------------------------------------------------------
     @staticmethod
@@ -129,7 +133,7 @@ class FastFit:
         """Manual optimization and the chunk-level hooks on the module, for the duration of one fit."""
         module = self.module
         was = module.automatic_optimization
-        module.automatic_optimization = False
+        module._pending_losses = []
         for name in _SHADOWED:
             object.__setattr__(module, name, getattr(self, name))
         try:
@@ -140,8 +144,15 @@ class FastFit:
             for name in _SHADOWED:
                 module.__dict__.pop(name, None)
             module.automatic_optimization = was
+            module._pending_losses = None
 
     # -- the hooks Lightning calls once per chunk -------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        """Manual optimization from here on: the Trainer validated its settings and read the LR schedulers'
+        ``interval``/``frequency``/``monitor`` as automatic optimization does (manual optimization ignores them)."""
+        type(self.module).on_fit_start(self.module)
+        self.module.automatic_optimization = False
+
     def on_train_batch_start(self, chunk: Any, chunk_idx: int) -> Optional[int]:
         if chunk_idx == 0:
             self._stop_epoch = False
@@ -162,6 +173,7 @@ class FastFit:
             raise ConfigError(f"{cls.__name__} configures {len(optimizer)} optimizers; the fast training path "
                               "takes one (declare FAST_TRAINING = False)")
         epoch, first = trainer.current_epoch, chunk_idx * self.CHUNK
+        self._schedulers = bool(trainer.lr_scheduler_configs)
         for k, batch in enumerate(chunk):
             i = first + k
             if cls.on_train_batch_start(module, batch, i) == -1:
@@ -173,7 +185,7 @@ class FastFit:
                 with self._inside():
                     out = cls.training_step(module, batch, i)
                 loss = out["loss"] if isinstance(out, dict) else out
-                result["loss"] = loss.detach().clone()
+                result["loss"] = loss.detach()
                 cls.on_before_zero_grad(module, optimizer)
                 for cb in self._callbacks_zero_grad:
                     cb.on_before_zero_grad(trainer, module, optimizer)
@@ -183,19 +195,36 @@ class FastFit:
 
             with self._outside():
                 cls.optimizer_step(module, epoch, i, optimizer, closure)
-                self._step_schedulers("step", plateau=False, index=i)
-                if i == self.n_batches - 1:
-                    self._step_schedulers("epoch", plateau=False, index=epoch)
+                if self._schedulers:
+                    self._step_schedulers("step", plateau=False, index=i)
+                    if i == self.n_batches - 1:
+                        self._step_schedulers("epoch", plateau=False, index=epoch)
                 cls.on_train_batch_end(module, result, batch, i)
+        self._check_losses()
+
+    def _check_losses(self) -> None:
+        """The chunk's training losses, checked for non-finite values with one device sync (the error names the
+        first bad batch, as the slow path's per-batch check does)."""
+        pending = self.module._pending_losses
+        if not pending:
+            return
+        self.module._pending_losses = []
+        finite = torch.stack([torch.isfinite(loss).all() for loss, _ in pending])
+        if not bool(finite.all()):
+            loss, i = pending[int((~finite).nonzero()[0])]
+            self.module._raise_non_finite(loss, i)
 
     # -- helpers --------------------------------------------------------------------------------------------------
     def _inside(self) -> AbstractContextManager[Any]:
-        return self.trainer.precision_plugin.train_step_context()
+        return self.trainer.precision_plugin.train_step_context() if self._contexts else nullcontext()
+
+    def _outside(self) -> AbstractContextManager[Any]:
+        """Leave the precision's step context that Lightning entered around the chunk: backward, gradient hooks and
+        the optimizer step run outside it, as in automatic optimization (32-true has none)."""
+        return self._leave_context() if self._contexts else nullcontext()
 
     @contextmanager
-    def _outside(self) -> Iterator[None]:
-        """Leave the precision's step context that Lightning entered around the chunk: backward, gradient hooks and
-        the optimizer step run outside it, as in automatic optimization."""
+    def _leave_context(self) -> Iterator[None]:
         from pytorch_lightning.plugins.precision import MixedPrecision
 
         dtype = torch.get_default_dtype()
