@@ -81,7 +81,8 @@ class FastFit:
     def __init__(self, module: ContinualModule, trainer: pl.Trainer, n_batches: int) -> None:
         self.module, self.trainer, self.n_batches = module, trainer, int(n_batches)
         self.n_chunks = -(-self.n_batches // self.CHUNK)
-        self._callbacks_zero_grad = [cb for cb in trainer.callbacks if _overrides(cb, "on_before_zero_grad")]
+        callbacks: list[Callback] = getattr(trainer, "callbacks", [])
+        self._callbacks_zero_grad = [cb for cb in callbacks if _overrides(cb, "on_before_zero_grad")]
         self._stop_epoch = False
         self._outer_dtype = torch.get_default_dtype()
         from pytorch_lightning.plugins.precision import Precision
@@ -112,9 +113,9 @@ class FastFit:
             return "gradient clipping by the Trainer"
         if trainer.max_steps != -1:
             return "max_steps"
-        if trainer.fast_dev_run or trainer.limit_train_batches != 1.0 or trainer.val_check_interval != 1.0:
+        if getattr(trainer, "fast_dev_run", False) or trainer.limit_train_batches != 1.0 or trainer.val_check_interval != 1.0:
             return "partial epochs (fast_dev_run, limit_train_batches or val_check_interval)"
-        for cb in trainer.callbacks:
+        for cb in getattr(trainer, "callbacks", []):
             if isinstance(cb, ProgressBar):
                 continue  # cosmetic: the bar then advances once per chunk
             if isinstance(cb, ModelCheckpoint) and not cb._every_n_train_steps and cb._train_time_interval is None:
@@ -186,10 +187,10 @@ class FastFit:
                     out = cls.training_step(module, batch, i)
                 loss = out["loss"] if isinstance(out, dict) else out
                 result["loss"] = loss.detach()
-                cls.on_before_zero_grad(module, optimizer)
+                cls.on_before_zero_grad(module, optimizer)  # type: ignore[arg-type]
                 for cb in self._callbacks_zero_grad:
-                    cb.on_before_zero_grad(trainer, module, optimizer)
-                cls.optimizer_zero_grad(module, epoch, i, optimizer)
+                    cb.on_before_zero_grad(trainer, module, optimizer)  # type: ignore[arg-type]
+                cls.optimizer_zero_grad(module, epoch, i, optimizer)  # type: ignore[arg-type]
                 module.manual_backward(loss)
                 return loss
 

@@ -45,6 +45,7 @@ class ContinualModule(pl.LightningModule):
             trainer.fit(strategy, train_data(exp), val_data(exp)):
                 configure_optimizers()               # optimizer(optimizer_parameters()), lr_scheduler
                 per step: training_step -> backward -> on_before_optimizer_step -> transform_gradients -> step
+                (the same per batch on the fast path, clkit.fastfit, where Lightning sees chunks of batches)
             on_experience_end(exp)                   # model on the training device; may run forward passes
             evaluate every test and validation split # predict() -> row i of both accuracy matrices
             checkpoint: state_dict + memory_state()
