@@ -86,7 +86,6 @@ class FastFit:
         self._stop_epoch = False
         self._outer_dtype = torch.get_default_dtype()
         from pytorch_lightning.plugins.precision import Precision
-
         from pytorch_lightning.strategies import SingleDeviceStrategy
 
         self._contexts = type(trainer.precision_plugin) is not Precision  # 32-true: no step context to enter/leave
