@@ -163,3 +163,35 @@ def test_a_non_finite_loss_names_the_same_batch_on_both_paths() -> None:
             StreamRun(strategy, stream(), trainer_factory(max_epochs=3), fast_training=fast).run()
         errors.append(str(err.value))
     assert errors[0] == errors[1] and "batch" in errors[0]
+
+
+class Calls(pl.Callback):
+    """Every gradient-path callback hook, in order."""
+
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def on_before_zero_grad(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.calls.append("zero_grad")
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
+        self.calls.append(f"backward {float(loss):.6f}")
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self.calls.append("after_backward")
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        self.calls.append(f"optimizer_step {type(optimizer).__name__} {trainer.global_step}")
+
+
+def test_callbacks_see_every_gradient_hook_of_every_step_in_order() -> None:
+    seen = []
+    for fast in (False, True):
+        calls: list[str] = []
+        make = trainer_factory(max_epochs=2)
+        loop = StreamRun(strategies.GPM(seed=0, **STRATEGY_KWARGS["GPM"]), stream(),
+                         lambda i, **kw: make(i, callbacks=[Calls(calls)], **kw), fast_training=fast)
+        loop.run()
+        seen.append((loop.fast_path_refusal, calls))
+    assert seen[1][0] is None and seen[1][1] == seen[0][1]
+    assert len(seen[1][1]) == 3 * 2 * 12 * 4 and seen[1][1][-1] == "optimizer_step SGD 23"
