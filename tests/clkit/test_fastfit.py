@@ -195,3 +195,16 @@ def test_callbacks_see_every_gradient_hook_of_every_step_in_order() -> None:
         seen.append((loop.fast_path_refusal, calls))
     assert seen[1][0] is None and seen[1][1] == seen[0][1]
     assert len(seen[1][1]) == 3 * 2 * 12 * 4 and seen[1][1][-1] == "optimizer_step SGD 23"
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
+@pytest.mark.parametrize("name", ["Naive", "GPM"])
+def test_other_precisions_are_bit_identical_too(name: str, precision: str) -> None:
+    loops = []
+    for fast in (False, True):
+        loop = StreamRun(getattr(strategies, name)(seed=1, **STRATEGY_KWARGS[name]), stream(),
+                         trainer_factory(max_epochs=2, precision=precision), fast_training=fast)
+        loop.run()
+        loops.append(loop)
+    assert loops[1].fast_path_refusal is None  # (the step context is left around backward and optimizer step)
+    assert_identical(*loops)
