@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -29,6 +29,7 @@ from torch import Tensor
 from clkit._io import save_torch_atomic
 from clkit.data import ContinualDataModule, StreamSpec, TensorData
 from clkit.errors import ConfigError, DataError
+from clkit.fastfit import ChunkedBatches, FastFit
 from clkit.metrics import AccuracyCounts, stream_metrics
 from clkit.module import ContinualModule, _restricted_argmax
 from clkit.results import StreamResult
@@ -77,6 +78,8 @@ class StreamRun:
         verbose: Print one summary line per experience (stderr).
         test_passes: Evaluation passes per matrix row (see :func:`fit_stream`).
         about: Extra JSON-able facts written into every checkpoint (the CLI puts the resolved config there).
+        fast_training: Train through :class:`clkit.fastfit.FastFit` (several optimizer steps per Lightning step,
+            bit-identical results) whenever it keeps every semantic; ``False``: always Lightning's own step loop.
     """
 
     strategy: ContinualModule
@@ -87,6 +90,8 @@ class StreamRun:
     verbose: bool = False
     test_passes: int = 1
     about: dict[str, Any] = field(default_factory=dict)
+    fast_training: bool = True
+    fast_path_refusal: Optional[str] = None  # why the last experience took the slow path (None: it took the fast one)
     per_experience: list[dict[str, Any]] = field(default_factory=list)
     wall_seconds: float = 0.0
 
@@ -98,6 +103,7 @@ class StreamRun:
         self._aware: Optional[AccuracyCounts] = None  # class-IL: test predictions restricted to each experience's classes
         self._init: Optional[AccuracyCounts] = None  # rows: test splits, validation splits, task-aware test splits
         self.spec: Optional[StreamSpec] = None
+        self._steps = 0
 
     @property
     def steps_done(self) -> int:
@@ -145,7 +151,7 @@ class StreamRun:
                 self._evaluate(trainer, row=i)
             self.per_experience.append({"experience": i, "name": exps[i].name, "classes": list(exps[i].classes),
                                         "train_seconds": round(train_seconds, 4), "epochs": int(trainer.current_epoch),
-                                        "steps": int(trainer.global_step), "train_samples": len(train),
+                                        "steps": self._steps, "train_samples": len(train),
                                         "val_samples": 0 if val is None else len(val)})
             self._log_row(i)
             if self.verbose and trainer.is_global_zero:
@@ -159,7 +165,8 @@ class StreamRun:
     def _trainer(self, i: int, **overrides: Any) -> pl.Trainer:
         """``make_trainer(i, **overrides)``; Lightning's complaints about the settings become one-line errors."""
         try:
-            trainer = self.make_trainer(i, **overrides)
+            with _cached_entry_points():
+                trainer = self.make_trainer(i, **overrides)
             _ddp_for(self.strategy, trainer)
             return trainer
         except (ValueError, TypeError) as err:
@@ -177,8 +184,13 @@ class StreamRun:
         strategy.to(device)
         strategy._enter_experience(exp)
         train, val = strategy.train_data(exp), strategy.val_data(exp)
-        trainer.fit(strategy, train_dataloaders=self.stream.train_loader(train, i),
-                    val_dataloaders=None if val is None else self.stream.eval_loader(val))
+        loader: Any = self.stream.train_loader(train, i)
+        self.fast_path_refusal = FastFit.refusal(strategy, trainer, loader) if self.fast_training else "turned off"
+        fast = None if self.fast_path_refusal else FastFit(strategy, trainer, len(loader))
+        with fast.installed() if fast is not None else nullcontext():
+            trainer.fit(strategy, train_dataloaders=loader if fast is None else ChunkedBatches(loader, fast.CHUNK),
+                        val_dataloaders=None if val is None else self.stream.eval_loader(val))
+            self._steps = int(trainer.global_step)  # (read under manual optimization: its own step counter)
         strategy.to(device)  # the Trainer's teardown moved the module to the CPU
         strategy._exit_experience(exp)
         return train, val
@@ -403,6 +415,34 @@ def precision_errors(strategy: ContinualModule, trainer: pl.Trainer) -> Iterator
             raise ConfigError(f"{type(strategy).__name__} does not run in trainer.precision={precision} ({text}); "
                               f"valid: {', '.join(PRECISIONS)}") from None
         raise
+
+
+_ENTRY_POINTS: dict[str, Any] = {}
+
+
+@contextmanager
+def _cached_entry_points() -> Iterator[None]:
+    """Every Trainer scans the installed packages' entry points for callback factories (~10 ms, a third of a small
+    experience's set-up); the installed packages do not change during a run, so the scan is done once per group."""
+    from importlib.metadata import entry_points
+
+    try:
+        from lightning_fabric.utilities import registry
+    except ImportError:  # another Lightning layout: no caching
+        yield
+        return
+
+    def cached(group: str) -> Any:
+        if group not in _ENTRY_POINTS:
+            _ENTRY_POINTS[group] = tuple(entry_points(group=group))
+        return _ENTRY_POINTS[group]
+
+    original = registry.entry_points
+    registry.entry_points = cached  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        registry.entry_points = original  # type: ignore[assignment]
 
 
 def _ddp_for(strategy: ContinualModule, trainer: pl.Trainer) -> None:

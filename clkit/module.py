@@ -45,6 +45,7 @@ class ContinualModule(pl.LightningModule):
             trainer.fit(strategy, train_data(exp), val_data(exp)):
                 configure_optimizers()               # optimizer(optimizer_parameters()), lr_scheduler
                 per step: training_step -> backward -> on_before_optimizer_step -> transform_gradients -> step
+                (the same per batch on the fast path, clkit.fastfit, where Lightning sees chunks of batches)
             on_experience_end(exp)                   # model on the training device; may run forward passes
             evaluate every test and validation split # predict() -> row i of both accuracy matrices
             checkpoint: state_dict + memory_state()
@@ -80,6 +81,10 @@ class ContinualModule(pl.LightningModule):
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset(SETTINGS)
     HEAD_BIAS: ClassVar[bool] = True
     LABEL: ClassVar[Optional[str]] = None  # name in results and tables; default: the class name
+    FAST_TRAINING: ClassVar[bool] = True
+    """Whether the loop may train through :class:`clkit.fastfit.FastFit` (Lightning sees chunks of batches; every
+    per-batch hook of the module still runs per batch). ``False`` for a strategy that needs Lightning's own
+    per-step machinery, e.g. one that reads ``trainer.num_training_batches``."""
     backbone: Optional[nn.Module]
     experiences_done: int  # CL memory: experiences learned (a strategy trains on one stream only)
 
@@ -101,6 +106,7 @@ class ContinualModule(pl.LightningModule):
         self.spec: Optional[StreamSpec] = None
         self._experience: Optional[Experience] = None
         self._epoch_means: dict[str, tuple[Tensor, int, bool]] = {}
+        self._pending_losses: Optional[list[tuple[Tensor, int]]] = None  # set by clkit.fastfit.FastFit
         self.register_memory("experiences_done", 0)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -269,8 +275,12 @@ class ContinualModule(pl.LightningModule):
         Equivalent to ``self.log(name, value, on_step=False, on_epoch=True)`` but without Lightning's per-call
         bookkeeping, which costs about as much as a small network's training step.
         """
-        total, count, _ = self._epoch_means.get(name, (value.new_zeros(()), 0, prog_bar))
-        self._epoch_means[name] = (total + value.detach() * n, count + n, prog_bar)
+        means = self._epoch_means
+        if name in means:
+            total, count, _ = means[name]
+            means[name] = (total.add_(value.detach(), alpha=n), count + n, prog_bar)
+        else:
+            means[name] = (value.detach() * n, n, prog_bar)
 
     def on_train_epoch_end(self) -> None:
         for name, (total, count, prog_bar) in self._epoch_means.items():
@@ -285,12 +295,19 @@ class ContinualModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, Tensor) and not bool(torch.isfinite(loss).all()):
-            exp = self.current_experience.index if self.current_experience else "?"
-            lrs = sorted({float(g["lr"]) for opt in self.trainer.optimizers for g in opt.param_groups})
-            raise NonFiniteLossError(f"training loss is {loss.item()} at experience {exp}, epoch "
-                                     f"{self.current_epoch}, batch {batch_idx} with lr {', '.join(f'{lr:g}' for lr in lrs)}",
-                                     lr=max(lrs) if lrs else None)
+        if not isinstance(loss, Tensor):
+            return
+        if self._pending_losses is not None:  # the fast path checks a chunk's losses at once (one device sync)
+            self._pending_losses.append((loss, batch_idx))
+        elif not bool(torch.isfinite(loss).all()):
+            self._raise_non_finite(loss, batch_idx)
+
+    def _raise_non_finite(self, loss: Tensor, batch_idx: int) -> None:
+        exp = self.current_experience.index if self.current_experience else "?"
+        lrs = sorted({float(g["lr"]) for opt in self.trainer.optimizers for g in opt.param_groups})
+        raise NonFiniteLossError(f"training loss is {loss.item()} at experience {exp}, epoch "
+                                 f"{self.current_epoch}, batch {batch_idx} with lr {', '.join(f'{lr:g}' for lr in lrs)}",
+                                 lr=max(lrs) if lrs else None)
 
     def configure_optimizers(self) -> Any:
         """A fresh ``optimizer(optimizer_parameters())`` (and ``lr_scheduler``) for the experience."""

@@ -37,6 +37,7 @@ class HAT(ContinualModule):
     """
 
     SUPPORTED_SCENARIOS: ClassVar[frozenset[str]] = frozenset({"task-il"})
+    FAST_TRAINING: ClassVar[bool] = False  # the mask temperature anneals over trainer.num_training_batches
     mask_cumulative: list[Tensor]  # CL memory: per hidden layer, the max over learned tasks of their masks
 
     def __init__(self, *, s_max: float = 400.0, c: float = 0.75, thres: float = 6.0, clipgrad: float = 10000.0,

@@ -133,6 +133,7 @@ def test_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2 and "clkit: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three CLI processes, one killed: an integration check (~60 s under load)
 def test_killed_process_resumes(tmp_path: Path) -> None:
     """A real SIGKILL after the first checkpoint; --resume finishes with the uninterrupted matrix."""
     run = tmp_path / "killed"
