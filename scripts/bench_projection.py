@@ -70,10 +70,11 @@ def _factories(net: Literal["mlp", "alexnet"]) -> dict[str, Callable[[], Continu
     def backbone() -> Backbone:
         return MLP(hidden=[100, 100], bias=False) if net == "mlp" else AlexNetGPM()
 
-    common: dict[str, Any] = {"lr": 0.01, "threshold": [0.95, 0.99, 0.99] if net == "mlp" else 0.97,
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
+    common: dict[str, Any] = {"optimizer": sgd, "threshold": [0.95, 0.99, 0.99] if net == "mlp" else 0.97,
                               "rep_samples": 300 if net == "mlp" else 125}
     return {
-        "Naive": lambda: Naive(backbone=backbone(), lr=0.01),
+        "Naive": lambda: Naive(backbone=backbone(), optimizer=sgd),
         "GPM": lambda: GPM(backbone=backbone(), **common),
         "TRGP": lambda: TRGP(backbone=backbone(), eps_proj=0.2, trust_samples=300, **common),
         "CUBER": lambda: CUBER(backbone=backbone(), eps_proj=0.2, trust_samples=300, **common),
