@@ -18,6 +18,7 @@ __all__ = [
     "SweepRun",
     "collect",
     "column_names",
+    "evaluation_mode",
     "group_runs",
     "is_sweep_dir",
     "read_run",
@@ -71,6 +72,18 @@ class Group:
         if not values:
             return math.nan, None
         return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+    @property
+    def evaluation(self) -> str:
+        """Whether the finished runs' test predictions used task ids (``results.json`` → ``evaluation.mode``):
+        ``task-aware``, ``task-agnostic``, both joined by ``/`` if the runs disagree, ``-`` for none."""
+        return "/".join(sorted({evaluation_mode(r.results) for r in self.done})) or "-"
+
+
+def evaluation_mode(results: dict[str, Any]) -> str:
+    """A ``results.json``'s evaluation mode (``task-aware`` / ``task-agnostic``; ``?`` where it is not recorded)."""
+    evaluation = results.get("evaluation")
+    return str(evaluation.get("mode", "?")) if isinstance(evaluation, dict) else "?"
 
 
 def read_run(path: Path) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from clkit.cli.aggregate import (
     SweepRun,
     collect,
     column_names,
+    evaluation_mode,
     group_runs,
     is_sweep_dir,
     read_run,
@@ -63,12 +64,12 @@ def _markdown_table(head: list[str], rows: list[list[str]]) -> str:
 
 def format_runs(files: list[Path]) -> str:
     """A markdown table with one row per run."""
-    head = ["run", "strategy", "scenario", "seed", *COLUMNS, "state MB", "wall s"]
+    head = ["run", "strategy", "scenario", "evaluation", "seed", *COLUMNS, "state MB", "wall s"]
     rows = []
     for f in files:
         r = read_run(f)
         m = r["metrics"]
-        rows.append([str(f.parent), r["strategy"], r["scenario"], str(r["seed"]),
+        rows.append([str(f.parent), r["strategy"], r["scenario"], evaluation_mode(r), str(r["seed"]),
                      *(f"{m[c]:+.4f}" if c in ("bwt", "fwt") else f"{m[c]:.4f}" for c in COLUMNS),
                      f"{r['strategy_state_bytes'] / 2**20:.3f}", f"{r['wall_seconds']:.1f}"])
     return _markdown_table(head, rows)
@@ -85,11 +86,11 @@ def _cell(group: Group, column: str) -> str:
 def _csv(columns: list[str], names: dict[str, str], groups: list[Group]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([names.get(c, c) for c in columns] + ["n_done", "n_runs"]
+    writer.writerow([names.get(c, c) for c in columns] + ["evaluation", "n_done", "n_runs"]
                     + [f"{m}_{s}" for m in METRICS for s in ("mean", "std")])
     for g in groups:
         stats = [g.stat(m) for m in METRICS]
-        writer.writerow([g.labels[c] for c in columns] + [len(g.done), len(g.runs)]
+        writer.writerow([g.labels[c] for c in columns] + [g.evaluation, len(g.done), len(g.runs)]
                         + [("" if v is None or math.isnan(v) else repr(v)) for st in stats for v in st])
     return out.getvalue()
 
@@ -101,10 +102,13 @@ def _markdown(paths: list[Path], columns: list[str], names: dict[str, str], grou
     runs_line = (f"Sweeps: {', '.join(f'`{p}`' for p in paths)}. Runs: {states['done']} done, "
                  f"{states['failed']} failed, {unfinished} not finished, of {len(runs)} planned.")
     over_line = (f"Cells are mean ± sample std over {', '.join(f'`{k}`' for k in over) or 'nothing (one run each)'}; "
-                 "`runs` = finished / planned runs in the row; acc, bwt, fwt, forgetting are fractions.")
+                 "`evaluation`: whether test batches carried task ids (task-aware) or not (task-agnostic), never "
+                 "compared as one kind; `runs` = finished / planned runs in the row; acc, bwt, fwt, forgetting are "
+                 "fractions.")
     lines = ["# Sweep report", "", runs_line, over_line, ""]
-    head = [names.get(c, c) for c in columns] + ["runs"] + [HEADERS[m] for m in METRICS]
-    rows = [[g.labels[c] for c in columns] + [f"{len(g.done)}/{len(g.runs)}"] + [_cell(g, m) for m in METRICS]
+    head = [names.get(c, c) for c in columns] + ["evaluation", "runs"] + [HEADERS[m] for m in METRICS]
+    rows = [[g.labels[c] for c in columns] + [g.evaluation, f"{len(g.done)}/{len(g.runs)}"]
+            + [_cell(g, m) for m in METRICS]
             for g in groups]
     lines.append(_markdown_table(head, rows))
     if plots:
