@@ -12,9 +12,9 @@ run seed, as in the configs' ``seed: ${seed_everything}``):
 
 ==================  ================================================================================================
 ``pmnist``          PermutedMNIST on ``--mnist`` (the PMNIST protocol: 10 permutations, batch 10, first 10 % validate)
-``rotated_mnist``   RotatedSteps, 5 x 800 images, step 10 degrees, the same protocol
-``scarce_mnist``    RotatedSteps, train sizes 100 / 900 x 4 (a data-scarce first task), step 10
-``mixed_mnist``     MixedRelated, 6 x 666 images: rotations 0 / 10 / 20 alternating with 3 permutations
+``rotated_mnist``   RotatedSteps, 5 x 800 images, step 5 degrees, the same protocol
+``scarce_mnist``    RotatedSteps, train sizes 100 / 900 x 4 (a data-scarce first task), step 5
+``mixed_mnist``     MixedRelated, 6 x 666 images: rotations 0 / 5 / 10 alternating with 3 permutations
 ``permuted_digits`` PermutedDigits (5 permutations of scikit-learn's digits; the digits protocol: batch 32, 3 epochs)
 ``rotated_digits``  RotatedSteps on digits, 5 x 251 images, step 10
 ``scarce_digits``   RotatedSteps on digits, train sizes 50 / 300 x 4
@@ -361,6 +361,20 @@ def summary(paths: list[Path], streams: list[str], split: str = "val") -> str:
     return "\n".join(lines)
 
 
+def per_seed_csv(paths: list[Path]) -> str:
+    """One CSV row per run: test and validation acc / bwt, the evaluation mode, wall time and CUBER's releases."""
+    recs = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    lines = ["stream,method,tag,seed,evaluation,acc,bwt,val_acc,val_bwt,wall_seconds,released_task_layers"]
+    for r in sorted(recs, key=lambda r: (r["stream"], ORDER[r["method"]], r.get("tag", ""), r["seed"])):
+        v = r.get("val_metrics") or {}
+        n_rel = sum(len(layer) for task in r.get("released") or [] for layer in task)
+        lines.append(",".join(map(str, [r["stream"], r["method"], r.get("tag", ""), r["seed"],
+                                        r.get("evaluation", {}).get("mode", "?"), r["metrics"]["acc"],
+                                        r["metrics"]["bwt"], v.get("acc", ""), v.get("bwt", ""),
+                                        r["wall_seconds"], n_rel])))
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--methods", default="naive,gpm,trgp,cuber")
@@ -375,11 +389,14 @@ def main() -> None:
     parser.add_argument("--split", choices=["test", "val"], default="test")
     parser.add_argument("--summary", help="with --table: comma-separated streams to average over (selection)")
     parser.add_argument("--doc", metavar="CUBER_TAG", help="with --table: the docs tables, CUBER rows of this tag")
+    parser.add_argument("--csv", action="store_true", help="with --table: one CSV row per run")
     parser.add_argument("--paired", nargs=5, metavar=("A", "A_TAG", "B", "B_TAG", "METRIC"),
                         help="with --table: paired differences A - B")
     args = parser.parse_args()
     if args.table is not None:
-        if args.doc is not None:
+        if args.csv:
+            print(per_seed_csv(args.table))
+        elif args.doc is not None:
             print(doc_tables(args.table, args.doc, args.split))
         elif args.summary:
             print(summary(args.table, args.summary.split(","), args.split))
