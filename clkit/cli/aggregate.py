@@ -77,7 +77,7 @@ class Group:
     def evaluation(self) -> str:
         """Whether the finished runs' test predictions used task ids (``results.json`` → ``evaluation.mode``):
         ``task-aware``, ``task-agnostic``, both joined by ``/`` if the runs disagree, ``-`` for none."""
-        return "/".join(sorted({evaluation_mode(r.results) for r in self.done})) or "-"
+        return "/".join(sorted({evaluation_mode(r.results) for r in self.done if r.results is not None})) or "-"
 
 
 def evaluation_mode(results: dict[str, Any]) -> str:
