@@ -28,9 +28,11 @@ from scenarios.classic import (  # noqa: E402
 from scenarios.digits import PermutedDigits, SplitDigits
 from scenarios.features import FeatureStream
 from scenarios.ibcl_toy import BinaryDigits
+from scenarios.related import MixedRelated, RotatedSteps
 from scenarios.toy import ToyPermuted, ToyShared, ToySplit
 
-__all__ = ["BinaryDigits", "CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "FromAvalanche", "NewsgroupPairs",
-           "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
+__all__ = ["BinaryDigits", "CIFAR100Pairs", "CORe50", "CelebAAttributes", "FeatureStream", "FiveDatasets", "FromAvalanche",
+           "MixedRelated", "NewsgroupPairs", "PermutedDigits", "PermutedMNIST", "RotatedMNIST", "RotatedSteps",
+           "SplitCIFAR10", "SplitCIFAR100", "SplitDigits",
            "SplitMNIST", "SplitMiniImageNet", "SplitTinyImageNet", "TinyImageNetPairs", "ToyPermuted", "ToyShared",
            "ToySplit"]

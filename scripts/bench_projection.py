@@ -1,17 +1,18 @@
 """Cost of GPM / TRGP / CUBER relative to Naive fine-tuning, measured side by side on one stream.
 
-Each repetition trains every strategy on the same synthetic permuted stream (10 Gaussian-blob classes; by default
-784-d inputs and the PMNIST MLP 784-100-100-10 without biases, or 3x32x32 inputs and the CIFAR-100 AlexNet); the order of strategies rotates between repetitions, and medians over the
-repetitions are reported. Measured on the *second* experience, where projection (and TRGP scaling / CUBER regimes)
-is active:
+Each round trains every strategy on the same synthetic permuted stream (10 Gaussian-blob classes; by default 784-d
+inputs and the PMNIST MLP 784-100-100-10 without biases, or 3x32x32 inputs and the CIFAR-100 AlexNet); the order of
+strategies rotates between rounds, and medians over the rounds are reported. Measured on the *second* experience,
+where projection (and TRGP scaling / CUBER's regimes) is active; the permutations are unrelated, so CUBER releases
+nothing and trains as TRGP:
 
 - ``epoch``: training time per epoch, excluding the experience start/end hooks (the per-step overhead);
-- ``start``: the experience-start hook (TRGP/CUBER trust-region pass);
-- ``memory``: the basis update at the experience end (SVDs; CUBER adds its stored-gradient pass), per experience.
+- ``start``: the experience-start hook (TRGP's trust-region pass; CUBER adds its relatedness pass);
+- ``memory``: the basis update at the experience end (SVDs; CUBER adds its energy profiles), per experience.
 
 Targets: GPM <= 1.3x Naive per epoch, TRGP/CUBER <= 2x.
 
-    python scripts/bench_projection.py           # 3 repetitions, 3 epochs, 4000 samples per experience
+    python scripts/bench_projection.py           # 5 interleaved rounds, 3 epochs, 4000 samples per experience
     python scripts/bench_projection.py --quick   # seconds
     python scripts/bench_projection.py --net alexnet
 """
@@ -70,10 +71,11 @@ def _factories(net: Literal["mlp", "alexnet"]) -> dict[str, Callable[[], Continu
     def backbone() -> Backbone:
         return MLP(hidden=[100, 100], bias=False) if net == "mlp" else AlexNetGPM()
 
-    common: dict[str, Any] = {"lr": 0.01, "threshold": [0.95, 0.99, 0.99] if net == "mlp" else 0.97,
+    sgd = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.01}}
+    common: dict[str, Any] = {"optimizer": sgd, "threshold": [0.95, 0.99, 0.99] if net == "mlp" else 0.97,
                               "rep_samples": 300 if net == "mlp" else 125}
     return {
-        "Naive": lambda: Naive(backbone=backbone(), lr=0.01),
+        "Naive": lambda: Naive(backbone=backbone(), optimizer=sgd),
         "GPM": lambda: GPM(backbone=backbone(), **common),
         "TRGP": lambda: TRGP(backbone=backbone(), eps_proj=0.2, trust_samples=300, **common),
         "CUBER": lambda: CUBER(backbone=backbone(), eps_proj=0.2, trust_samples=300, **common),
@@ -109,18 +111,20 @@ def _measure(make: Callable[[], ContinualModule], stream: ContinualDataModule, e
     return {"epoch": (fit - start - end) / epochs, "start": start, "memory": statistics.mean(memory)}
 
 
-def main(quick: bool = False, net: Literal["mlp", "alexnet"] = "mlp") -> None:
+def main(quick: bool = False, net: Literal["mlp", "alexnet"] = "mlp", rounds: int | None = None) -> None:
     """Print per-epoch cost ratios to Naive and the memory-update time per experience (medians).
 
     Args:
         quick: A small stream and one epoch (seconds).
         net: ``"mlp"`` (the PMNIST MLP on 784-d inputs, batch 32) or ``"alexnet"`` (the CIFAR-100 AlexNet on
             3x32x32 inputs, batch 64).
+        rounds: Interleaved rounds (each strategy once per round, the order rotating); default 5 (3 with ``quick``).
     """
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    reps, epochs, n = (3, 1, 1000) if quick else (3, 3, 4000)
+    reps, epochs, n = (3, 1, 1000) if quick else (5, 3, 4000)
+    reps = rounds or reps
     if net == "alexnet":
         n //= 4
     shape, batch = ((784,), 32) if net == "mlp" else ((3, 32, 32), 64)
@@ -147,5 +151,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small stream, one epoch")
     parser.add_argument("--net", choices=["mlp", "alexnet"], default="mlp")
+    parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 5; 3 with --quick)")
     args = parser.parse_args()
-    main(quick=args.quick, net=args.net)
+    main(quick=args.quick, net=args.net, rounds=args.rounds)

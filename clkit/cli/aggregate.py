@@ -94,9 +94,9 @@ class Group:
 
     @property
     def evaluation(self) -> str:
-        """The evaluation of the group's finished runs (``mixed`` if they disagree, ``-`` before any is done)."""
-        modes = {r.evaluation for r in self.done}
-        return "-" if not modes else modes.pop() if len(modes) == 1 else "mixed"  # type: ignore[return-value]
+        """The evaluation of the group's finished runs: both modes joined by ``/`` if they disagree (e.g.
+        ``task-agnostic/task-aware``), ``-`` before any is done."""
+        return "/".join(sorted({str(r.evaluation) for r in self.done})) or "-"
 
 
 def read_run(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from strategies.projection.trust_region import (
     basis_overlap,
     projection_norms,
     scaled_weight,
+    scaling_delta,
     select_task_basis,
     trust_region,
 )
@@ -47,6 +48,15 @@ def _input_side_scaling(bases: list[Tensor], scales: list[Tensor], products: lis
     return hook
 
 
+def _output_side_scaling(delta: Tensor) -> Any:
+    """Forward hook adding ``x (W_eff - W)^T`` (``delta`` = ``W_eff - W``, from :func:`scaling_delta`) to a Linear
+    layer's output: the scaled layer without swapping its weight for ``W_eff`` (``functional_call``)."""
+    def hook(module: nn.Linear, args: tuple[Tensor, ...], out: Tensor) -> Tensor:
+        return out + F.linear(args[0], delta)
+
+    return hook
+
+
 class TRGP(GPM):
     """Trust Region Gradient Projection (Lin, Yang, Fan & Zhang, "TRGP: Trust Region Gradient Projection for
     Continual Learning", ICLR 2022).
@@ -59,13 +69,18 @@ class TRGP(GPM):
     selects them). Per-task bases are chosen from the pooled memory/residual energies and stored as
     column indices of the layer memory. 1x1 convolutions (ResNet shortcuts) are projected but not scaled.
 
-    Settings: task-IL and domain-IL, as GPM. In domain-IL the test-time task id picks the stored scales (as the
-    official permuted-MNIST protocol does), so the model is task-aware at test time.
+    Settings: task-IL and domain-IL, as GPM. In domain-IL the test-time task id picks the stored scales by default
+    (as the official permuted-MNIST protocol does), so the model is task-aware at test time; ``eval_scales`` offers
+    two task-agnostic evaluations instead (``results.json``'s ``evaluation`` says which was used).
 
     Args:
         eps_proj: Trust-region threshold ``eps_1`` on ``||g B B^T|| / ||g||`` (0.5; 0.2 on permuted MNIST).
         top_k: Candidate old tasks per layer.
         trust_samples: Training samples of the new task used for the selection gradient.
+        eval_scales: How a test batch picks its scales in domain-IL: ``"task"`` (its task id: task-aware),
+            ``"identity"`` (``Q = I`` for every batch: the plain shared weights, task-agnostic) or ``"min_entropy"``
+            (per sample, the learned task whose scales give the lowest prediction entropy: task-agnostic, one
+            forward pass per learned task). Task-IL always uses the task id (its heads need it).
         **kwargs: :class:`strategies.GPM` arguments. ``faithful=True`` adds the official TRGP rules: the strongest
             residual direction is left out of the memory, BN affine parameters keep training with the AlexNet
             backbone, and with the other backbones the third experience's trust region is old task 1 in every layer
@@ -76,12 +91,19 @@ class TRGP(GPM):
     task_selection: list[list[list[int]]]
     task_scales: list[list[list[Tensor]]]
 
-    def __init__(self, *, eps_proj: float = 0.5, top_k: int = 2, trust_samples: int = 125, **kwargs: Any) -> None:
+    EVAL_SCALES = ("task", "identity", "min_entropy")
+
+    def __init__(self, *, eps_proj: float = 0.5, top_k: int = 2, trust_samples: int = 125,
+                 eval_scales: Literal["task", "identity", "min_entropy"] = "task", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= eps_proj < 1.0 or top_k < 1 or trust_samples < 1:
             raise ConfigError(f"need 0 <= eps_proj < 1, top_k >= 1, trust_samples >= 1; got {eps_proj}, {top_k}, "
                               f"{trust_samples}")
+        if eval_scales not in self.EVAL_SCALES:
+            raise ConfigError(f"eval_scales={eval_scales!r} is not one of {', '.join(map(repr, self.EVAL_SCALES))}")
         self.eps_proj, self.top_k, self.trust_samples = eps_proj, top_k, trust_samples
+        self.eval_scales = eval_scales
+        self._scales_off = False  # evaluate with Q = I (eval_scales="identity")
         self.register_memory("task_bases", [])  # [task][layer]: long column indices into bases[l] (faithful: basis)
         self.register_memory("task_selection", [])  # [task][layer]: trust-region tasks S_t^l
         self.register_memory("task_scales", [])  # [task][layer]: cloned Q_s (k_s, k_s), aligned with S_t^l
@@ -93,8 +115,8 @@ class TRGP(GPM):
 
     @property
     def task_aware(self) -> bool:
-        """Always: each task is evaluated with its own stored scales, picked by the batch's task id."""
-        return True
+        """Whether test batches are evaluated with their task ids: in task-IL (heads) or with ``eval_scales="task"``."""
+        return self.multi_head or self.eval_scales == "task"
 
     @property
     def freezes_bn(self) -> bool:
@@ -102,10 +124,14 @@ class TRGP(GPM):
 
     def bind(self, spec: StreamSpec) -> None:
         super().bind(spec)
-        if not self.task_ids_at_test:
+        if self.multi_head and self.eval_scales != "task":
+            raise ConfigError(f"eval_scales={self.eval_scales!r} is for domain-IL streams; {spec.name} is task-IL, "
+                              "where the task id picks the head (valid there: 'task')")
+        if not self.task_ids_at_test and self.eval_scales == "task":
             log.warning("%s evaluates each task with its own stored scale matrices, chosen by the batch's task id: "
                         "on %s (no task ids at test) it is task-aware at test time, as in the official permuted-MNIST "
-                        "protocol", type(self).__name__, spec.name)
+                        "protocol (eval_scales 'identity' or 'min_entropy' evaluate without task ids)",
+                        type(self).__name__, spec.name)
 
     def task_basis(self, layer: int, task: int) -> Tensor:
         """``B_task`` of projected layer ``layer``, float64 ``(d, k)``."""
@@ -127,7 +153,7 @@ class TRGP(GPM):
             for task, logits in parts.items():
                 out[t == task] = logits
             return out
-        terms = self.scaling_terms(int(tasks[0]) if tasks else 0)
+        terms = [] if self._scales_off else self.scaling_terms(int(tasks[0]) if tasks else 0)
         if not terms:
             return super().forward(x, t)
         weights, hooks = {}, []
@@ -135,15 +161,43 @@ class TRGP(GPM):
             c_out, d = weight_matrix(ref.weight).shape
             if isinstance(ref.module, nn.Linear) and x.shape[0] * (c_out + d) < c_out * d:  # small batch: cheaper
                 hooks.append(ref.module.register_forward_hook(_input_side_scaling(bases, scales, products)))
+            elif isinstance(ref.module, nn.Linear):
+                delta = scaling_delta(ref.weight, bases, scales, products)
+                hooks.append(ref.module.register_forward_hook(_output_side_scaling(delta)))
             else:
                 weights[f"{ref.name}.weight"] = scaled_weight(ref.weight, bases, scales, products)
         self._in_scaled_call = True
         try:
-            return functional_call(self, weights, (x, t))
+            # (functional_call swaps parameters in and out: only worth it when some layer uses W_eff)
+            return functional_call(self, weights, (x, t)) if weights else super().forward(x, t)
         finally:
             self._in_scaled_call = False
             for hook in hooks:
                 hook.remove()
+
+    def predict(self, x: Tensor, t: Tensor) -> Tensor:
+        """Labels under :attr:`eval_scales`: the batch's own task's scales, ``Q = I``, or per sample the learned
+        task whose scales give the least entropic prediction."""
+        if self.eval_scales == "task" or self.multi_head:
+            return super().predict(x, t)
+        if self.eval_scales == "identity" or not self.task_scales:
+            self._scales_off = True
+            try:
+                return super().predict(x, t)
+            finally:
+                self._scales_off = False
+        best_logits, best_entropy = None, None
+        for task in range(len(self.task_scales)):
+            logits = self(x, torch.full_like(t, task))
+            entropy = -(logits.log_softmax(-1) * logits.softmax(-1)).sum(-1)  # (N,)
+            if best_logits is None or best_entropy is None:
+                best_logits, best_entropy = logits, entropy
+            else:
+                better = entropy < best_entropy
+                best_logits = torch.where(better[:, None], logits, best_logits)
+                best_entropy = torch.where(better, entropy, best_entropy)
+        assert best_logits is not None
+        return best_logits.argmax(dim=-1)
 
     def scaling_terms(self, task: int) -> list[tuple[LayerRef, list[Tensor], list[Tensor], list[Tensor] | None]]:
         """Per scaled layer: ``(layer, B_s's, Q_s's, W B_s's or None)`` for evaluating ``task`` (live Q's while it

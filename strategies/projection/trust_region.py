@@ -1,4 +1,4 @@
-"""TRGP and CUBER math: per-task bases, trust regions, scaled weights, released subspaces, the guard.
+"""TRGP and CUBER math: per-task bases, trust regions, scaled weights, relatedness, released subspaces, budgets.
 
 Pure, typed functions on top of :mod:`strategies.projection.basis` (same shape conventions: weights ``(c_out, d)``,
 representations ``(d, n)``, orthonormal bases ``(d, k)``). Method notes: docs/methods/projection.md.
@@ -6,6 +6,7 @@ representations ``(d, n)``, orthonormal bases ``(d, k)``). Method notes: docs/me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -25,13 +26,16 @@ from strategies.projection.basis import (
 __all__ = [
     "TaskBasis",
     "basis_overlap",
-    "classify_regimes",
+    "agreement",
+    "budget_scale",
     "cosine",
-    "guarded_gradient",
+    "energy_profile",
     "orth",
+    "profile_overlap",
     "projection_norms",
     "released_basis",
     "scaled_weight",
+    "scaling_delta",
     "select_task_basis",
     "trust_region",
 ]
@@ -156,6 +160,22 @@ def scaled_weight(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tens
     return out.view_as(weight)
 
 
+def scaling_delta(weight: Tensor, bases: Sequence[Tensor], scales: Sequence[Tensor],
+                  products: Sequence[Tensor] | None = None) -> Tensor:
+    """``W_eff - W = sum_s W B_s (Q_s - I) B_s^T`` as ``(c_out, d)`` (see :func:`scaled_weight`)."""
+    if len(bases) != len(scales) or (products is not None and len(products) != len(bases)):
+        raise ValueError(f"got {len(bases)} bases, {len(scales)} scale matrices and "
+                         f"{'no' if products is None else len(products)} products; they must pair up")
+    w = weight_matrix(weight)
+    out = torch.zeros_like(w)
+    for i, (b, q) in enumerate(zip(bases, scales)):
+        b = b.to(w.dtype)
+        eye = torch.eye(q.shape[0], dtype=q.dtype, device=q.device)
+        wb = w @ b if products is None else products[i]  # (c_out, d) @ (d, k) -> (c_out, k)
+        out = out + (wb @ (q - eye)) @ b.T  # (c_out,k)(k,k) -> (c_out,k); (c_out,k)(k,d) -> (c_out,d)
+    return out
+
+
 def basis_overlap(b1: Tensor, b2: Tensor) -> float:
     """``||B_1^T B_2||_F``: directions shared by two trust-region bases (they are counted twice; the official
     formula is kept)."""
@@ -171,17 +191,57 @@ def cosine(a: Tensor, b: Tensor) -> float:
     return float((a.double() * b.double()).sum()) / (na * nb)
 
 
-def classify_regimes(
-    norms: Tensor, grad_norm: float, corrs: Sequence[float], *, eps_proj: float, eps_corr: float, top_k: int = 2
-) -> tuple[list[int], list[int]]:
-    """CUBER regimes of one layer.
+def energy_profile(basis: Tensor, rep: Tensor) -> Tensor:
+    """``e_i = ||u_i^T R||^2 / ||R||_F^2`` for every column ``u_i`` of ``basis``: how a representation's energy spreads
+    over a basis, float64 ``(k,)`` (zeros for ``R = 0``).
 
-    Returns:
-        ``(scaled, released)``: regime-(ii) tasks (TRGP scaling) and regime-(iii) tasks (``c_j > eps_corr``).
-        Every other old task is regime (i).
+    Args:
+        basis: Orthonormal ``(d, k)``.
+        rep: Representation ``(d, n)``.
     """
-    trust = trust_region(norms, grad_norm, eps_proj, top_k)
-    return [j for j in trust if corrs[j] <= eps_corr], [j for j in trust if corrs[j] > eps_corr]
+    rep = rep.double()
+    total = float(rep.square().sum())
+    coeffs = basis.double().T @ rep  # (k, d)(d, n) -> (k, n)
+    return coeffs.square().sum(dim=1) / total if total > 0 else coeffs.new_zeros(basis.shape[1])
+
+
+def profile_overlap(own: Tensor, new: Tensor) -> float:
+    """``<e_new, e_own> / <e_own, e_own>``: how much of an old task's energy profile over its basis a new
+    representation reproduces (about 1 for inputs distributed like the old task's, about 0 for inputs in other
+    directions, even where the basis borrows directions of other tasks); 0 for an empty profile.
+
+    Args:
+        own: The old task's :func:`energy_profile` over its basis ``(k,)``.
+        new: The new representation's profile over the same basis ``(k,)``.
+    """
+    norm = float(own.double().square().sum())
+    return float((own.double() * new.double()).sum()) / norm if norm > 0 else 0.0
+
+
+def agreement(accuracy: float, own_accuracy: float, chance: float) -> float:
+    """``(accuracy - chance) / (own_accuracy - chance)``: how much of an old predictor's skill on its own task it keeps
+    on new data (1: as good, 0: chance, < 0: worse than chance); 0 when the predictor was itself at chance."""
+    if own_accuracy <= chance:
+        return 0.0
+    return (accuracy - chance) / (own_accuracy - chance)
+
+
+def budget_scale(displacement: Tensor, step: Tensor, radius: float) -> float:
+    """The largest ``alpha`` in ``[0, 1]`` with ``||D + alpha s||_F <= radius`` (``D`` inside the ball already).
+
+    Args:
+        displacement: ``D``, the move made so far (any shape).
+        step: ``s``, the next move (same shape).
+        radius: The ball's radius.
+    """
+    ss = float(step.double().square().sum())
+    if ss == 0.0:
+        return 1.0
+    ds = float((displacement.double() * step.double()).sum())
+    slack = max(radius * radius - float(displacement.double().square().sum()), 0.0)
+    if ss + 2.0 * ds <= slack:
+        return 1.0
+    return max(0.0, min(1.0, (-ds + math.sqrt(ds * ds + ss * slack)) / ss))
 
 
 def orth(mat: Tensor, *, rel_tol: float = ORTH_TOL, scale: float | None = None) -> Tensor:
@@ -219,30 +279,3 @@ def released_basis(memory: Tensor, kept_bases: Sequence[Tensor], *, rel_tol: flo
     k = orth(torch.cat([b.double() for b in kept_bases], dim=1), rel_tol=rel_tol)  # (d, q)
     resid = mem - k @ (k.T @ mem)  # (d,q)(q,m) -> (d,m)
     return orth(resid, rel_tol=rel_tol, scale=1.0)
-
-
-def guarded_gradient(
-    grad: Tensor, memory: Tensor, released: Tensor, stored_grads: Sequence[Tensor], *, guard: bool = True
-) -> tuple[Tensor, bool]:
-    """CUBER's per-step update of one layer.
-
-    ``g_gpm = G - (G M) M^T`` and ``g_rel = (G U) U^T``; returns ``g_gpm + g_rel`` if ``<g_rel, G_j> >= 0`` for every
-    released task's stored gradient ``G_j`` (or ``guard=False``), else ``g_gpm``.
-
-    Args:
-        grad: Current gradient, any weight shape (viewed as ``(c_out, d)``).
-        memory: Orthonormal ``(d, m)``.
-        released: ``U_rel`` ``(d, r)``.
-        stored_grads: ``G_j`` of the released tasks, each shaped like ``grad``.
-        guard: Apply the sign check.
-
-    Returns:
-        ``(new_grad, kept)``: the gradient shaped like ``grad`` and whether the released component was kept.
-    """
-    g = weight_matrix(grad)
-    mem, rel = memory.to(g.dtype), released.to(g.dtype)
-    g_gpm = g - (g @ mem) @ mem.T  # (c_out,d)(d,m)(m,d) -> (c_out,d)
-    g_rel = (g @ rel) @ rel.T  # (c_out,d)(d,r)(r,d) -> (c_out,d)
-    keep = not guard or all(float((g_rel * weight_matrix(gj).to(g.dtype)).sum()) >= 0.0 for gj in stored_grads)
-    out = g_gpm + g_rel if keep else g_gpm
-    return out.view_as(grad), keep

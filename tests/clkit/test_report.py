@@ -123,6 +123,32 @@ def test_shards_in_separate_directories_merge_and_stale_runs_are_ignored(tmp_pat
     assert (tmp_path / "merged" / "report.md").is_file()
 
 
+def test_every_row_says_whether_test_batches_carried_task_ids(tmp_path: Path) -> None:
+    def res(strategy: str, seed: int, mode: str | None) -> dict[str, Any]:
+        r = fake_results(strategy, seed, acc=0.5, bwt=0.0)
+        if mode is None:
+            r.pop("evaluation", None)
+        else:
+            r["evaluation"] = {"task_ids": mode == "task-aware", "mode": mode}
+        return r
+
+    sweep = make_sweep(tmp_path / "s", [
+        ("TRGP", 0, [0, 1], res("TRGP", 0, "task-aware"), "done"),
+        ("TRGP", 1, [0, 1], res("TRGP", 1, "task-aware"), "done"),
+        ("GPM", 0, [0, 1], res("GPM", 0, "task-agnostic"), "done"),
+        ("Naive", 0, [0, 1], res("Naive", 0, "task-agnostic"), "done"),
+        ("Naive", 1, [0, 1], res("Naive", 1, "task-aware"), "done"),  # a row must not hide mixed modes
+        ("EWC", 0, [0, 1], res("EWC", 0, None), "done"),  # written before results.json recorded it
+    ])
+    report = sweep_report([sweep], plots=False)
+    assert [(r["strategy"], r["evaluation"]) for r in rows(report)] == [
+        ("TRGP", "task-aware"), ("GPM", "task-agnostic"), ("Naive", "task-agnostic/task-aware"), ("EWC", "unknown")]
+    head = report["markdown"].split("| strategy", 1)[1].splitlines()[0]
+    assert "| evaluation" in head
+    trgp = next(line for line in report["markdown"].splitlines() if line.startswith("| TRGP"))
+    assert [c.strip() for c in trgp.split("|")[1:5]] == ["TRGP", "ToySplit", "task-aware", "2/2"]  # task_order does not vary
+
+
 def test_mean_matrix_is_the_elementwise_mean() -> None:
     def run(m: list[list[float]]) -> SweepRun:
         return SweepRun("r", Path("."), {}, "done", fake_results("Naive", 0, 0.0, 0.0, matrix=m))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 
 import pytest
@@ -12,7 +13,8 @@ from torch import nn
 
 from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
-from clkit.nets import MLP
+from clkit.module import ContinualModule
+from clkit.nets import MLP, SmallCNN
 from scenarios.toy import ToySplit
 from strategies.naive import Naive
 from strategies.projection.cuber import CUBER
@@ -20,7 +22,7 @@ from strategies.projection.gpm import GPM
 from strategies.projection.layers import PlateauDecay
 from strategies.projection.trgp import TRGP
 from tests.conftest import toy_stream_for
-from tests.strategies._projection_streams import run_stream
+from tests.strategies._projection_streams import ImageStream, run_stream
 from tests.strategies.kwargs import adam, sgd
 
 
@@ -45,7 +47,7 @@ def _watch_projection(strategy: GPM) -> list[float]:
 @pytest.mark.parametrize("setting", ["task-il", "domain-il"])
 def test_gradients_are_orthogonal_to_memory_after_transform(cls: type[GPM], setting: str) -> None:
     pl.seed_everything(0, verbose=False)
-    kwargs = {"eps_corr": 0.99} if cls is CUBER else {}  # CUBER without releases must project exactly like GPM
+    kwargs = {"min_agreement": 1e9} if cls is CUBER else {}  # CUBER without releases must project exactly like GPM
     strategy = cls(optimizer=sgd(0.05), threshold=0.9, **kwargs)
     leaks = _watch_projection(strategy)
     run_stream(strategy, toy_stream_for(setting), epochs=1)
@@ -215,3 +217,60 @@ def test_faithful_projects_with_the_official_formula_even_where_the_complement_i
     wide = [l for l, b in enumerate(runs[False].bases) if 2 * b.shape[1] > b.shape[0]]
     assert wide and all(runs[False]._projectors[l][1] for l in wide)  # default: cheaper complement factor
     assert not any(complement for _, complement in runs[True]._projectors)  # faithful: G - (G M) M^T
+
+
+def _bn_run(freeze: bool) -> tuple[torch.Tensor, list[list[torch.Tensor]], GPM]:
+    pl.seed_everything(0, verbose=False)
+    strategy = GPM(optimizer=sgd(0.1), threshold=1.0, rep_samples=32, seed=0)  # default backbone: SmallCNN
+    if not freeze:  # the behaviour before: BN layers follow train()/eval() like every other module
+        strategy.train = types.MethodType(lambda self, mode=True: ContinualModule.train(self, mode), strategy)
+    stats: list[list[torch.Tensor]] = []
+    end = strategy.on_experience_end
+
+    def on_end(exp):  # type: ignore[no-untyped-def]
+        end(exp)
+        stats.append([m.running_mean.clone() for m in strategy.modules() if isinstance(m, nn.BatchNorm2d)])
+
+    strategy.on_experience_end = on_end  # type: ignore[method-assign]
+    acc, _ = run_stream(strategy, ImageStream(n=64, side=16, n_tasks=3, learnable=True), epochs=2)
+    return acc, stats, strategy
+
+
+def test_batchnorm_running_statistics_are_frozen_after_the_first_experience() -> None:
+    """Each task has its own brightness: running statistics updated by later tasks would change how old tasks are
+    normalised, which no projection protects. With every input direction protected (threshold 1), old tasks keep
+    their accuracy exactly."""
+    acc, stats, strategy = _bn_run(freeze=True)
+    assert isinstance(strategy.backbone, SmallCNN) and stats and all(
+        m.track_running_stats for m in strategy.modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(torch.equal(a, b) for a, b in zip(stats[0], stats[-1]))
+    assert acc[0, 0] > 0.9 and acc[2, 0] == acc[0, 0] and acc[2, 1] == acc[1, 1]
+    acc_before, stats_before, _ = _bn_run(freeze=False)
+    assert not any(torch.equal(a, b) for a, b in zip(stats_before[0], stats_before[-1]))
+    assert acc_before[2, 0] < acc_before[0, 0] - 0.2  # (1.00 -> 0.59)
+
+
+@pytest.mark.parametrize("cls", [GPM, TRGP, CUBER], ids=lambda c: c.__name__)
+def test_value_clipping_is_refused_and_norm_clipping_keeps_orthogonality(cls: type[GPM]) -> None:
+    stream = toy_stream_for("domain-il")
+    strategy = cls(optimizer=sgd(0.05), threshold=0.9, seed=0)
+    with pytest.raises(ConfigError, match="gradient_clip_algorithm='value'.*use 'norm'"):
+        StreamRun(strategy, stream, trainer_factory(gradient_clip_val=0.01, gradient_clip_algorithm="value")).run()
+    kwargs = {"min_agreement": 1e9} if cls is CUBER else {}
+    strategy = cls(optimizer=sgd(0.05), threshold=0.9, seed=0, **kwargs)
+    norms: list[float] = []
+    leaks: list[float] = []
+    clip = strategy.configure_gradient_clipping
+
+    def watched_clip(optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):  # type: ignore[no-untyped-def]
+        norms.append(float(torch.cat([p.grad.flatten() for p in strategy.parameters() if p.grad is not None]).norm()))
+        clip(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if strategy.active_task > 0:  # the gradient the optimizer steps along, after clipping
+            for ref, basis in zip(strategy.projected_layers(), strategy.bases):
+                g = ref.weight.grad.reshape(ref.weight.shape[0], -1).double()
+                leaks.append(float((g @ basis).abs().max() / g.abs().max()))
+
+    strategy.configure_gradient_clipping = watched_clip  # type: ignore[method-assign]
+    StreamRun(strategy, stream, trainer_factory(gradient_clip_val=0.01, gradient_clip_algorithm="norm")).run()
+    assert max(norms) > 0.05  # the clipping did act
+    assert leaks and max(leaks) < 1e-5

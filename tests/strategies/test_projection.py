@@ -20,10 +20,13 @@ from strategies.projection.basis import (
     thin_svd,
     update_basis,
 )
+from strategies.projection.layers import InputSideProjection
 from strategies.projection.trust_region import (
-    classify_regimes,
-    guarded_gradient,
+    agreement,
+    budget_scale,
+    energy_profile,
     orth,
+    profile_overlap,
     projection_norms,
     released_basis,
     scaled_weight,
@@ -286,30 +289,61 @@ def test_released_basis_is_orthogonal_to_kept_tasks() -> None:
     assert released_basis(mem, bases).shape[1] == 0  # nothing released when all tasks are kept
 
 
-def test_guard_falls_back_to_gpm_projection() -> None:
+def test_budget_scale_keeps_the_move_inside_the_ball() -> None:
     gen = _gen(13)
-    mem, bases = _cuber_setup(gen)
-    u_rel = released_basis(mem, [bases[0], bases[2]])
-    grad = torch.randn(4, 16, generator=gen, dtype=torch.float64)
-    g_gpm = project_out(grad, mem)
-    g_rel = (grad @ u_rel) @ u_rel.T
-    agree, oppose = g_rel + 0.1 * g_gpm, -g_rel  # stored task gradients with <g_rel, G_j> > 0 and < 0
-    out, kept = guarded_gradient(grad, mem, u_rel, [agree])
-    assert kept and torch.allclose(out, g_gpm + g_rel)
-    out, kept = guarded_gradient(grad, mem, u_rel, [agree, oppose])
-    assert not kept and torch.allclose(out, g_gpm)
-    out, kept = guarded_gradient(grad, mem, u_rel, [oppose], guard=False)
-    assert kept and torch.allclose(out, g_gpm + g_rel)
-    for kept_basis in (bases[0], bases[2]):  # the applied update never touches kept tasks' inputs
-        assert (out @ kept_basis).abs().max() < 1e-8
+    d = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    d = 0.6 * d / d.norm()  # ||D|| = 0.6 inside a ball of radius 1
+    for _ in range(20):
+        step = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+        alpha = budget_scale(d, step, 1.0)
+        assert 0.0 <= alpha <= 1.0 and float((d + alpha * step).norm()) <= 1.0 + 1e-9
+        if alpha < 1.0:  # the largest admissible scale: the move ends on the boundary
+            assert abs(float((d + alpha * step).norm()) - 1.0) < 1e-9
+    assert budget_scale(d, 0.01 * d, 1.0) == 1.0  # a small step fits
+    assert budget_scale(d, -d, 1.0) == 1.0  # moving back inside always fits
+    assert budget_scale(torch.zeros(2), torch.ones(2), 0.0) == 0.0  # a zero budget allows nothing
 
 
-def test_classify_regimes() -> None:
-    norms = torch.tensor([0.9, 0.8, 0.1], dtype=torch.float64)
-    scaled, released = classify_regimes(norms, 1.0, [0.3, -0.2, 0.9], eps_proj=0.5, eps_corr=0.0)
-    assert scaled == [1] and released == [0]
-    scaled, released = classify_regimes(norms, 1.0, [0.0, 0.1, 0.9], eps_proj=0.85, eps_corr=0.0)
-    assert scaled == [0] and released == []  # c = 0 is not > eps_corr; task 1 falls outside the trust region
+def test_agreement_and_energy_profile_overlap() -> None:
+    assert agreement(0.9, 0.9, 0.1) == pytest.approx(1.0) and agreement(0.1, 0.9, 0.1) == pytest.approx(0.0)
+    assert agreement(0.0, 0.9, 0.1) < 0 and agreement(0.8, 0.1, 0.1) == 0.0  # an at-chance predictor says nothing
+    gen = _gen(14)
+    own = _low_rank(20, 4, 200, gen)  # the old task's inputs
+    basis = update_basis(empty_basis(20), own, 0.99)
+    profile = energy_profile(basis, own)
+    assert profile.shape == (basis.shape[1],) and float(profile.sum()) == pytest.approx(_captured(basis, own))
+    similar = own + 0.05 * torch.randn(own.shape, generator=gen, dtype=torch.float64)
+    other = torch.randn(20, 200, generator=gen, dtype=torch.float64)
+    other = other - basis @ (basis.T @ other)  # inputs in other directions
+    assert profile_overlap(profile, energy_profile(basis, similar)) > 0.9
+    assert profile_overlap(profile, energy_profile(basis, other)) < 1e-9
+    borrowed = torch.cat([basis, torch.linalg.qr(other)[0][:, :4]], 1)  # a basis that borrows unused directions
+    assert profile_overlap(energy_profile(borrowed, own), energy_profile(borrowed, other)) < 0.05
+
+
+@pytest.mark.parametrize("rank", [3, 15])
+def test_input_side_projection_gives_the_projected_gradient(rank: int) -> None:
+    """Small batches project the layer's inputs instead of its gradient: G (I - M M^T) = g^T (X - X M M^T) (the
+    memory or its complement, whichever is cheaper); large batches and evaluation take the plain route."""
+    gen = _gen(15)
+    layer = nn.Linear(20, 12, bias=False)
+    memory = torch.linalg.qr(torch.randn(20, rank, generator=gen))[0]
+    factor, complement = projection_factor(memory)
+    x, target = torch.randn(5, 20, generator=gen), torch.randn(5, 12, generator=gen)
+    F.mse_loss(layer(x), target).backward()
+    expected = project_out(layer.weight.grad.clone(), memory)
+    layer.weight.grad = None
+    hook = InputSideProjection(layer, factor, complement)
+    hook.install()
+    out = layer(x)
+    torch.testing.assert_close(out, F.linear(x, layer.weight))
+    F.mse_loss(out, target).backward()
+    assert not hook.pending
+    torch.testing.assert_close(layer.weight.grad, expected, atol=1e-6, rtol=1e-5)
+    layer(torch.randn(30, 20, generator=gen)).sum().backward()  # 30 rows >= 12 outputs: the gradient is not projected
+    assert hook.pending
+    hook.remove()
+    assert "forward" not in layer.__dict__
 
 
 def test_svd_falls_back_to_the_robust_driver_when_lapack_does_not_converge(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from clkit.errors import ConfigError
 from clkit.loop import StreamRun, trainer_factory
 from clkit.nets import MLP
 from scenarios.toy import ToySplit
@@ -154,3 +155,36 @@ def test_small_and_large_batches_see_the_same_scaled_model() -> None:
         exact = torch.func.functional_call(strategy, strategy.effective_weights(2), (x, t))
         strategy._in_scaled_call = False
     torch.testing.assert_close(one_by_one, exact, atol=1e-5, rtol=1e-5)
+
+
+def test_task_agnostic_evaluation_rules_ignore_the_task_ids() -> None:
+    stream = ReadoutStream("related", n_tasks=3)
+    run = StreamRun(strategy := _trgp(), stream, trainer_factory(max_epochs=1))
+    result = run.run()
+    assert strategy.task_aware and result.evaluation["mode"] == "task-aware"
+    assert any(any(sel) for sel in strategy.task_selection)  # stored scales exist: the rules have something to ignore
+    strategy.eval()
+    x = stream.experiences[1].test.x[:32]
+    t_own, t_other = torch.full((32,), 1), torch.full((32,), 2)
+    with torch.no_grad():
+        plain = strategy(x, torch.full((32,), 99)).argmax(-1)  # no stored scales for task 99: the shared weights
+        per_task = torch.stack([strategy(x, torch.full((32,), s)) for s in range(3)])  # (T, N, C)
+        entropy = -(per_task.log_softmax(-1) * per_task.softmax(-1)).sum(-1)  # (T, N)
+        chosen = per_task[entropy.argmin(0), torch.arange(32)].argmax(-1)
+        strategy.eval_scales = "identity"
+        assert not strategy.task_aware
+        assert torch.equal(strategy.predict(x, t_own), plain) and torch.equal(strategy.predict(x, t_other), plain)
+        strategy.eval_scales = "min_entropy"
+        assert not strategy.task_aware
+        assert torch.equal(strategy.predict(x, t_own), chosen) and torch.equal(strategy.predict(x, t_other), chosen)
+        strategy.eval_scales = "task"
+        assert not torch.equal(strategy.predict(x, t_own), strategy.predict(x, t_other))  # the ids do matter here
+    agnostic = StreamRun(_trgp(eval_scales="identity"), stream, trainer_factory(max_epochs=1)).run()
+    assert agnostic.evaluation["mode"] == "task-agnostic" and not agnostic.evaluation["task_ids"]
+
+
+def test_eval_scales_errors() -> None:
+    with pytest.raises(ConfigError, match="eval_scales='nearest' is not one of 'task', 'identity', 'min_entropy'"):
+        TRGP(eval_scales="nearest")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="eval_scales='identity' is for domain-IL streams"):
+        TRGP(eval_scales="identity").bind(ToySplit(setting="task-il").spec)
