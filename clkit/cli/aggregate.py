@@ -268,7 +268,8 @@ def _label(value: Any) -> str:
 
 def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[list[str], list[Group]]:
     """Group runs by strategy, scenario and every hyper-parameter that varies (except those in ``over``, e.g. the
-    seeds, which the statistics run over); groups in plan order.
+    seeds, which the statistics run over); groups in plan order. A hyper-parameter is a column only where it varies
+    within one strategy on one scenario.
 
     Returns the columns (``strategy``, ``scenario``, ``evaluation``, then the varying hyper-parameters as dotted
     keys) and the groups, whose labels hold every column.
@@ -286,12 +287,19 @@ def group_runs(keys: list[str], runs: list[SweepRun], over: list[str]) -> tuple[
 
     candidates = list(dict.fromkeys(k for r in runs for k in r.params
                                     if not averaged(k) and k not in ("model.class_path", "data.class_path")))
-    hyper = [k for k in candidates if len({_label(r.params.get(k)) for r in runs}) > 1]
+    varying = [k for k in candidates if len({_label(r.params.get(k)) for r in runs}) > 1]
     groups: dict[tuple[str, ...], Group] = {}
     for run in runs:
         labels = {"strategy": _strategy_label(run), "scenario": _class_name(run, "scenario"),
-                  **{k: _label(run.params.get(k)) for k in hyper}}
+                  **{k: _label(run.params.get(k)) for k in varying}}
         groups.setdefault(tuple(labels.values()), Group(labels)).runs.append(run)
+    # a column only for a setting that varies within one strategy on one scenario: the settings that tell one
+    # strategy's configurations apart from another strategy's are the strategy itself (e.g. GPM's threshold)
+    pairs: dict[tuple[str, str], set[tuple[str, str]]] = {}
+    for g in groups.values():
+        pairs.setdefault((g.labels["strategy"], g.labels["scenario"]), set()).update(
+            (k, g.labels[k]) for k in varying)
+    hyper = [k for k in varying if any(len({v for key, v in seen if key == k}) > 1 for seen in pairs.values())]
     for group in groups.values():
         group.labels = {"strategy": group.labels["strategy"], "scenario": group.labels["scenario"],
                         "evaluation": group.evaluation, **{k: group.labels[k] for k in hyper}}

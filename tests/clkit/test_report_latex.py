@@ -72,12 +72,14 @@ def test_report_latex_compiles(tmp_path: Path, capsys: pytest.CaptureFixture[str
         ("Naive", 0, [0, 1], fake_results("Naive", 0, acc=0.5, bwt=-0.25), "done"),
         ("Naive", 1, [0, 1], fake_results("Naive", 1, acc=0.75, bwt=-0.125), "done"),
         ("CUBER", 0, [1, 0], fake_results("CUBER (clkit reconstruction)", 0, acc=0.9, bwt=0.0), "done"),
+        ("CUBER", 0, [0, 1], fake_results("CUBER (clkit reconstruction)", 0, acc=0.8, bwt=0.0), "done"),
         ("GPM", 0, [0, 1], None, "failed"),
     ])
-    index = (sweep / "sweep.json").read_text().replace('"strategies.CUBER"', __import__("json").dumps(weird))
+    # the odd setting on one CUBER run only, so that it varies within CUBER and becomes a column
+    index = (sweep / "sweep.json").read_text().replace('"strategies.CUBER"', __import__("json").dumps(weird), 1)
     (sweep / "sweep.json").write_text(index)
     report = sweep_report([sweep], plots=False)
-    assert check_latex(report["latex"]) == 3
+    assert check_latex(report["latex"]) == 4  # data rows: Naive, the two CUBER settings, GPM (failed)
     assert (sweep / "report.tex").read_text() == report["latex"]
     assert r"0.625 $\pm$ 0.177" in report["latex"] and r"$-$0.188 $\pm$ 0.088" in report["latex"]
     assert r"50\% of \#1 \& \{x\}\_y" in report["latex"]
