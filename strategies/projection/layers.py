@@ -128,10 +128,14 @@ class _ProjectedLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         x, weight, factor = ctx.saved_tensors
-        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None  # (N, c_out)(c_out, d) -> (N, d)
+        # under autocast the forward ran in a lower dtype and grad_out has it; each gradient takes its input's dtype
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (grad_out @ weight.to(grad_out.dtype)).to(x.dtype)  # (N, c_out)(c_out, d) -> (N, d)
         grad_w = None
         if ctx.needs_input_grad[1]:
-            rows, g = x.reshape(-1, x.shape[-1]), grad_out.reshape(-1, grad_out.shape[-1])  # (N, d), (N, c_out)
+            rows = x.reshape(-1, x.shape[-1]).to(weight.dtype)  # (N, d)
+            g = grad_out.reshape(-1, grad_out.shape[-1]).to(weight.dtype)  # (N, c_out)
             coeffs = rows @ factor  # (N, d)(d, r) -> (N, r)
             proj = coeffs @ factor.T if ctx.complement else rows - coeffs @ factor.T  # (N, r)(r, d) -> (N, d)
             grad_w = g.T @ proj  # (c_out, N)(N, d) -> (c_out, d)
