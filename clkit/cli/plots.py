@@ -1,7 +1,8 @@
 """Report figures: bars of ACC and BWT, a grid of mean accuracy matrices, and stream plots (mean ± std over seeds).
 
 Each takes the groups of :func:`clkit.cli.aggregate.group_runs`: a row of panels per scenario (and, for the
-matrices and stream plots, per setting of the other swept keys), strategies along the other axis. Every figure is
+matrices and stream plots, per setting of the other swept keys), strategies along the other axis (wrapped after
+:data:`MAX_PANEL_COLUMNS` panels, so a grid of many strategies stays a page wide). Every figure is
 written as a 300 dpi PNG and a PDF (:func:`clkit.figures.save_figure`), in percent, and states the number of seeds,
 the setting and the evaluation (task-aware or task-agnostic) of what it shows.
 """
@@ -77,7 +78,7 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
     hues = _unique([tuple(g.labels[c] for c in hue_columns) for g in groups])
     table = {(g.labels["strategy"], g.labels["scenario"], tuple(g.labels[c] for c in hue_columns)): g for g in groups}
     width = 0.8 / len(hues)
-    panel_w = max(3.2, 0.45 * len(strategies) * len(hues) + 1.0)
+    panel_w = min(max(3.2, 0.45 * len(strategies) * len(hues) + 1.0), max(8.0, 0.5 * len(strategies) + 1.0))
     fig, axes = plt.subplots(len(scenarios), 2, squeeze=False, figsize=(2 * panel_w + 0.6, 0.8 + 3.0 * len(scenarios)))
     for r, scenario in enumerate(scenarios):
         row_groups = [g for g in groups if g.labels["scenario"] == scenario]
@@ -94,7 +95,8 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
                 ax.bar([i - 0.4 + width * (h + 0.5) for i, _ in cells], [m for m, _ in stats], width,
                        yerr=[s for _, s in stats], capsize=2, label=", ".join(hue) or None,
                        error_kw={"linewidth": 0.8})
-            ax.set_xticks(range(len(present)), present, rotation=30 if len(present) > 3 else 0,
+            tilt = (45 if len(present) > 8 else 30) if len(present) > 3 else 0
+            ax.set_xticks(range(len(present)), present, rotation=tilt,
                           ha="right" if len(present) > 3 else "center")
             ax.set_ylabel(label)
             ax.set_title(f"{scenario} ({_about(row_groups)})", fontsize=FONT)
@@ -123,30 +125,50 @@ def _panels(groups: list[Group], row_columns: list[str]) -> tuple[list[tuple[str
     return rows, cols, table
 
 
+MAX_PANEL_COLUMNS = 6
+
+
+def _lines(rows: list[tuple[str, ...]], cols: list[str], table: dict[tuple[tuple[str, ...], str], Group],
+           width: int = MAX_PANEL_COLUMNS) -> list[tuple[tuple[str, ...], list[str], bool]]:
+    """The figure's lines of panels: per row setting, its strategies with finished runs, wrapped after ``width``
+    panels (a grid of 17 strategies stays a page wide). Each line is ``(row, strategies, first line of row)``."""
+    lines = []
+    for row in rows:
+        present = [s for s in cols if (row, s) in table and _matrices(table[(row, s)])]
+        for k in range(0, len(present), width):
+            lines.append((row, present[k: k + width], k == 0))
+    return lines
+
+
 def plot_matrix_grid(path: Path, groups: list[Group], row_columns: list[str]) -> list[Path]:
     """A heat map of the mean accuracy matrix (percent) per group: a row per setting of ``row_columns`` (scenario
     and other swept keys), a column per strategy; groups without finished runs get no panel. Cells hold the mean
     (T <= 12), future cells (j > i) are hatched."""
     plt = pyplot()
     rows, cols, table = _panels(groups, row_columns)
+    lines = _lines(rows, cols, table)
+    n_cols = max((len(line) for _, line, _ in lines), default=1)
     t = max((len(_matrices(g)[0]) for g in table.values() if _matrices(g)), default=1)
     side = max(2.4, 0.45 * t + 1.0)
-    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False,
-                             figsize=(0.9 + side * len(cols) + 0.8, 0.9 + side * len(rows)))
+    fig, axes = plt.subplots(max(len(lines), 1), n_cols, squeeze=False,
+                             figsize=(0.9 + side * n_cols + 0.8, 0.9 + side * max(len(lines), 1)))
     image = None
-    for r, row in enumerate(rows):
-        for c, strategy in enumerate(cols):
+    for r, (row, line, first) in enumerate(lines):
+        for c in range(n_cols):
             ax = axes[r][c]
-            group = table.get((row, strategy))
-            mats = [] if group is None else _matrices(group)
-            if not mats:
+            if c >= len(line):
                 ax.set_axis_off()
                 continue
-            image = draw_matrix(ax, np.mean(np.stack(mats), axis=0), _names(group), labels=(c == 0 and
-                                r == len(rows) - 1), cell_font=8)
-            ax.set_title(f"{strategy} (n={len(mats)})" if r == 0 else f"n={len(mats)}", fontsize=FONT)
+            strategy = line[c]
+            group = table[(row, strategy)]
+            mats = _matrices(group)
+            image = draw_matrix(ax, np.mean(np.stack(mats), axis=0), _names(group), labels=(c == 0), cell_font=8)
+            ax.set_title(f"{strategy} (n={len(mats)})", fontsize=FONT)
             if c == 0:
-                ax.set_ylabel(" / ".join(row) + "\n" + (ax.get_ylabel() or ""), fontsize=FONT - 1)
+                ax.set_ylabel(" / ".join(row) + ("" if first else " (cont.)") + "\n" + (ax.get_ylabel() or ""),
+                              fontsize=FONT - 1)
+    if not lines:
+        axes[0][0].set_axis_off()
     fig.suptitle(f"mean test accuracy matrix (%), {_about(list(table.values()))}\n"
                  "row i = after training task i, column j = test task j; hatched: not yet trained",
                  fontsize=FONT)
@@ -162,20 +184,23 @@ def plot_stream_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
     mean ± std (shaded) over seeds; panels laid out as in :func:`plot_matrix_grid`, sharing the y-axis."""
     plt = pyplot()
     rows, cols, table = _panels(groups, row_columns)
+    lines = _lines(rows, cols, table)
+    n_cols = max((len(line) for _, line, _ in lines), default=1)
     t = max((len(_matrices(g)[0]) for g in table.values() if _matrices(g)), default=1)
     w = max(3.0, 0.45 * t + 1.4)
-    fig, axes = plt.subplots(len(rows), len(cols), squeeze=False, sharey=True,
-                             figsize=(0.8 + w * len(cols), 0.9 + 2.6 * len(rows)))
+    fig, axes = plt.subplots(max(len(lines), 1), n_cols, squeeze=False, sharey=True,
+                             figsize=(0.8 + w * n_cols, 0.9 + 2.6 * max(len(lines), 1)))
     colours = plt.get_cmap("tab10" if t <= 10 else "tab20")
     low = 100.0
-    for r, row in enumerate(rows):
-        for c, strategy in enumerate(cols):
+    for r, (row, line, first) in enumerate(lines):
+        for c in range(n_cols):
             ax = axes[r][c]
-            group = table.get((row, strategy))
-            mats = [] if group is None else _matrices(group)
-            if not mats:
+            if c >= len(line):
                 ax.set_axis_off()
                 continue
+            strategy = line[c]
+            group = table[(row, strategy)]
+            mats = _matrices(group)
             stack = 100 * np.stack(mats)  # (runs, T, T)
             n = stack.shape[1]
             mean = stack.mean(axis=0)
@@ -190,12 +215,13 @@ def plot_stream_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
             low = min(low, float(np.nanmin(mean[np.tril_indices(n)] - std[np.tril_indices(n)])))
             ticks = short_names(_names(group), n)
             ax.set_xticks(x)
-            ax.set_xticklabels(ticks if r == len(rows) - 1 else [], rotation=45 if max(map(len, ticks)) > 4 else 0,
+            ax.set_xticklabels(ticks, rotation=45 if max(map(len, ticks)) > 4 else 0,
                                ha="right" if max(map(len, ticks)) > 4 else "center")
             ax.grid(axis="y", alpha=0.3)
-            ax.set_title(f"{strategy} (n={len(mats)})" if r == 0 else f"n={len(mats)}", fontsize=FONT)
+            ax.set_title(f"{strategy} (n={len(mats)})", fontsize=FONT)
             if c == 0:
-                ax.set_ylabel(" / ".join(row) + "\ntest accuracy (%)", fontsize=FONT - 1)
+                ax.set_ylabel(" / ".join(row) + ("" if first else " (cont.)") + "\ntest accuracy (%)",
+                              fontsize=FONT - 1)
     for ax in axes.flat:
         ax.set_ylim(max(0.0, math.floor((low - 5) / 10) * 10), 101)
     from matplotlib.lines import Line2D

@@ -86,3 +86,48 @@ def test_report_bars_are_zoomed_and_state_seeds_and_setting(tmp_path: Path, monk
     assert 80 < low < 95 and high <= 100  # zoomed on the values, in percent
     assert acc_ax.get_ylabel() == "ACC (%)" and bwt_ax.get_ylabel() == "BWT (pts)"
     assert "5 seeds" in acc_ax.get_title() and "task-il" in acc_ax.get_title() and "task-aware" in acc_ax.get_title()
+
+
+@pytest.mark.parametrize("plot", ["plot_matrix_grid", "plot_stream_grid"])
+def test_report_grids_wrap_many_strategies_into_lines_of_at_most_six_panels(
+        plot: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """17 strategies on two scenarios: every (scenario, strategy) group gets exactly one panel, a scenario's panels
+    wrap after MAX_PANEL_COLUMNS, and a scenario never shares a line with another (the figure stays a page wide)."""
+    import matplotlib.pyplot as plt
+
+    from clkit.cli import plots
+    from clkit.cli.aggregate import Group, SweepRun
+
+    def run(strategy: str, scenario: str, seed: int) -> SweepRun:
+        res = {"strategy": strategy, "scenario": scenario, "setting": "task-il",
+               "evaluation": {"mode": "task-aware"}, "accuracy_matrix": R.tolist(),
+               "metrics": {"acc": 0.9, "bwt": 0.0, "fwt": 0.0, "forgetting": 0.0}}
+        return SweepRun(f"{strategy}{scenario}{seed}", tmp_path, {"strategy": strategy, "scenario": scenario},
+                        "done", res)
+
+    strategies = [f"S{k:02d}" for k in range(17)]
+    groups = [Group({"strategy": s, "scenario": sc}, [run(s, sc, k) for k in range(2)])
+              for sc, names in (("SplitDigits", strategies), ("PermutedDigits", strategies[:4])) for s in names]
+    captured = {}
+    original = plt.Figure.savefig
+
+    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
+        captured["fig"] = self
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    getattr(plots, plot)(tmp_path / "grid.png", groups, ["scenario"])
+    fig = captured["fig"]
+    panels = [ax for ax in fig.axes if ax.axison and ax.get_title()]
+    assert sorted(ax.get_title() for ax in panels) == sorted(f"{s} (n=2)" for g in groups for s in [g.labels["strategy"]])
+    columns = {round(ax.get_position().x0, 3) for ax in panels}
+    assert len(columns) == plots.MAX_PANEL_COLUMNS
+    # lines: ceil(17 / 6) = 3 for SplitDigits, 1 for PermutedDigits; each line's first panel names its scenario
+    rows = sorted({round(ax.get_position().y0, 3) for ax in panels}, reverse=True)
+    assert len(rows) == 4
+    firsts = [min((ax for ax in panels if round(ax.get_position().y0, 3) == y), key=lambda a: a.get_position().x0)
+              for y in rows]
+    assert [ax.get_ylabel().split("\n")[0] for ax in firsts] == [
+        "SplitDigits", "SplitDigits (cont.)", "SplitDigits (cont.)", "PermutedDigits"]
+    width, _ = fig.get_size_inches()
+    assert width < 30
