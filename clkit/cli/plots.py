@@ -77,24 +77,27 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
     strategies = _unique([g.labels["strategy"] for g in groups])
     hues = _unique([tuple(g.labels[c] for c in hue_columns) for g in groups])
     table = {(g.labels["strategy"], g.labels["scenario"], tuple(g.labels[c] for c in hue_columns)): g for g in groups}
-    width = 0.8 / len(hues)
-    panel_w = min(max(3.2, 0.45 * len(strategies) * len(hues) + 1.0), max(8.0, 0.5 * len(strategies) + 1.0))
+    colours = pyplot().get_cmap("tab10" if len(hues) <= 10 else "tab20")
+    colour = {hue: colours(h % 20) for h, hue in enumerate(hues)}  # one colour per setting across every panel
+    n_hues = max(len([h for h in hues if any(k[1] == sc and k[2] == h for k in table)]) for sc in scenarios)
+    panel_w = min(max(3.2, 0.45 * len(strategies) * n_hues + 1.0), max(8.0, 0.5 * len(strategies) + 1.0))
     fig, axes = plt.subplots(len(scenarios), 2, squeeze=False, figsize=(2 * panel_w + 0.6, 0.8 + 3.0 * len(scenarios)))
     for r, scenario in enumerate(scenarios):
         row_groups = [g for g in groups if g.labels["scenario"] == scenario]
         present = [s for s in strategies if any((s, scenario, hue) in table for hue in hues)]
+        row_hues = [h for h in hues if any((s, scenario, h) in table for s in present)]  # bars centred on the tick
+        width = 0.8 / max(len(row_hues), 1)
         for c, (metric, label) in enumerate(BAR_METRICS):
             ax = axes[r][c]
             lows, highs = [], []
-            for h, hue in enumerate(hues):
+            for h, hue in enumerate(row_hues):
                 cells = [(i, g) for i, s in enumerate(present)
                          if (g := table.get((s, scenario, hue))) is not None and g.done]
                 stats = [(100 * m, 100 * (s or 0.0)) for m, s in (g.stat(metric) for _, g in cells)]
                 lows += [m - s for m, s in stats]
                 highs += [m + s for m, s in stats]
                 ax.bar([i - 0.4 + width * (h + 0.5) for i, _ in cells], [m for m, _ in stats], width,
-                       yerr=[s for _, s in stats], capsize=2, label=", ".join(hue) or None,
-                       error_kw={"linewidth": 0.8})
+                       yerr=[s for _, s in stats], capsize=2, color=colour[hue], error_kw={"linewidth": 0.8})
             tilt = (45 if len(present) > 8 else 30) if len(present) > 3 else 0
             ax.set_xticks(range(len(present)), present, rotation=tilt,
                           ha="right" if len(present) > 3 else "center")
@@ -110,7 +113,10 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
                     ax.axhline(0.0, color="grey", linewidth=0.8)
     fig.suptitle("mean ± std over seeds", fontsize=FONT + 1)
     if len(hues) > 1:
-        handles, labels = axes[0][0].get_legend_handles_labels()
+        from matplotlib.patches import Patch
+
+        handles = [Patch(color=colour[hue]) for hue in hues]
+        labels = [", ".join(hue) for hue in hues]
         fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(len(hues), 4),
                    title=hue_title or ", ".join(hue_columns), frameon=False)
     fig.tight_layout()
@@ -172,9 +178,11 @@ def plot_matrix_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
     fig.suptitle(f"mean test accuracy matrix (%), {_about(list(table.values()))}\n"
                  "row i = after training task i, column j = test task j; hatched: not yet trained",
                  fontsize=FONT)
-    fig.tight_layout(rect=(0.0, 0.0, 0.92, 1.0))
-    if image is not None:
-        bar = fig.colorbar(image, cax=fig.add_axes((0.935, 0.2, 0.015, 0.6)))
+    height = fig.get_size_inches()[1]
+    fig.tight_layout(rect=(0.0, 0.0, 0.92, 1.0 - 0.6 / height))  # room for the two-line title
+    if image is not None:  # beside the first lines, at most 4 inches tall
+        bar_h = min(0.6, 4.0 / height)
+        bar = fig.colorbar(image, cax=fig.add_axes((0.935, 1.0 - 0.9 / height - bar_h, 0.015, bar_h)))
         bar.set_label("accuracy (%)")
     return save_figure(fig, path)
 
@@ -188,10 +196,10 @@ def plot_stream_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
     n_cols = max((len(line) for _, line, _ in lines), default=1)
     t = max((len(_matrices(g)[0]) for g in table.values() if _matrices(g)), default=1)
     w = max(3.0, 0.45 * t + 1.4)
-    fig, axes = plt.subplots(max(len(lines), 1), n_cols, squeeze=False, sharey=True,
-                             figsize=(0.8 + w * n_cols, 0.9 + 2.6 * max(len(lines), 1)))
+    height = 0.9 + 2.6 * max(len(lines), 1)
+    fig, axes = plt.subplots(max(len(lines), 1), n_cols, squeeze=False, figsize=(0.8 + w * n_cols, height))
     colours = plt.get_cmap("tab10" if t <= 10 else "tab20")
-    low = 100.0
+    low: dict[tuple[str, ...], float] = {}  # per row setting: its panels share a y-range
     for r, (row, line, first) in enumerate(lines):
         for c in range(n_cols):
             ax = axes[r][c]
@@ -212,7 +220,7 @@ def plot_stream_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
                                 alpha=0.10, linewidth=0)
             seen = np.array([[run[i, : i + 1].mean() for i in range(n)] for run in stack])
             ax.plot(x, seen.mean(axis=0), color="black", linestyle="--", linewidth=1.8)
-            low = min(low, float(np.nanmin(mean[np.tril_indices(n)] - std[np.tril_indices(n)])))
+            low[row] = min(low.get(row, 100.0), float(np.nanmin(mean[np.tril_indices(n)] - std[np.tril_indices(n)])))
             ticks = short_names(_names(group), n)
             ax.set_xticks(x)
             ax.set_xticklabels(ticks, rotation=45 if max(map(len, ticks)) > 4 else 0,
@@ -222,17 +230,21 @@ def plot_stream_grid(path: Path, groups: list[Group], row_columns: list[str]) ->
             if c == 0:
                 ax.set_ylabel(" / ".join(row) + ("" if first else " (cont.)") + "\ntest accuracy (%)",
                               fontsize=FONT - 1)
-    for ax in axes.flat:
-        ax.set_ylim(max(0.0, math.floor((low - 5) / 10) * 10), 101)
+    for r, (row, line, _) in enumerate(lines):
+        for c in range(len(line)):
+            axes[r][c].set_ylim(max(0.0, math.floor((low[row] - 5) / 10) * 10), 101)
     from matplotlib.lines import Line2D
 
-    ticks = short_names(next((_names(g) for g in table.values() if _names(g)), None), t)
+    named = {tuple(n) for g in table.values() if (n := _names(g))}
+    # the colour is the task's position in its stream; its name only when every panel's stream has the same names
+    same = len(named) == 1
+    ticks = short_names(named.pop(), t) if same else [str(j + 1) for j in range(t)]
     handles = [Line2D([], [], color=colours(j % 20), marker="o", markersize=3) for j in range(t)]
     handles.append(Line2D([], [], color="black", linestyle="--"))
     fig.legend(handles, [*ticks, "average (seen)"], loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
-               title="task")
+               title="task" if same else "task (position in its stream)")
     fig.suptitle(f"accuracy on each task after each experience (colours), average over seen tasks (dashed); "
                  f"mean ± std, {_about(list(table.values()))}", fontsize=FONT)
     fig.supxlabel("after training task", fontsize=FONT)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.3 / height, 1.0, 1.0 - 0.5 / height))  # room for the title and the x label
     return save_figure(fig, path)

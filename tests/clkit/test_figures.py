@@ -131,3 +131,42 @@ def test_report_grids_wrap_many_strategies_into_lines_of_at_most_six_panels(
         "SplitDigits", "SplitDigits (cont.)", "SplitDigits (cont.)", "PermutedDigits"]
     width, _ = fig.get_size_inches()
     assert width < 30
+
+
+def test_report_bars_give_each_setting_one_colour_and_centre_a_scenarios_bars(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings that occur on different scenarios (task orders on one, train sizes on another): the legend's colour
+    of a setting is its bars' colour in every panel, and a scenario's bars sit centred on their tick."""
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_hex
+
+    from clkit.cli.aggregate import Group, SweepRun
+    from clkit.cli.plots import plot_bars
+
+    def group(strategy: str, scenario: str, order: str, sizes: str) -> Group:
+        labels = {"strategy": strategy, "scenario": scenario, "task_order": order, "train_sizes": sizes}
+        res = {"strategy": strategy, "scenario": scenario, "setting": "task-il", "evaluation": {"mode": "task-aware"},
+               "accuracy_matrix": R.tolist(), "metrics": {"acc": 0.9, "bwt": 0.0, "fwt": 0.0, "forgetting": 0.0}}
+        return Group(labels, [SweepRun(f"{strategy}{scenario}{order}{sizes}", tmp_path, labels, "done", res)])
+
+    groups = [group(s, "Split", o, "-") for s in ("A", "B") for o in ("[0,1]", "[1,0]")]
+    groups += [group(s, "Rotated", "-", z) for s in ("A", "B") for z in ("null", "[50,300]")]
+    captured = {}
+    original = plt.Figure.savefig
+
+    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
+        captured["fig"] = self
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    plot_bars(tmp_path / "bars.png", groups, ["task_order", "train_sizes"])
+    fig = captured["fig"]
+    legend = {t.get_text(): to_hex(h.get_facecolor()) for t, h in zip(fig.legends[0].get_texts(),
+                                                                        fig.legends[0].legend_handles)}
+    assert set(legend) == {"[0,1], -", "[1,0], -", "-, null", "-, [50,300]"} and len(set(legend.values())) == 4
+    split_acc, rotated_acc = fig.axes[0], fig.axes[2]
+    for ax, hues in ((split_acc, ["[0,1], -", "[1,0], -"]), (rotated_acc, ["-, null", "-, [50,300]"])):
+        patches = sorted(ax.patches, key=lambda p: p.get_x())
+        assert sorted({to_hex(p.get_facecolor()) for p in patches}) == sorted(legend[h] for h in hues)
+        centre = np.mean([p.get_x() + p.get_width() / 2 for p in patches])
+        assert abs(centre - 0.5) < 1e-9  # two strategies at ticks 0 and 1, the bars centred on them
