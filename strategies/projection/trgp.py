@@ -258,12 +258,19 @@ class TRGP(GPM):
     def weight_gradients(self, x: Tensor, y: Tensor, t: Tensor) -> list[Tensor | None]:
         """Gradients of the cross-entropy on ``(x, y, t)`` w.r.t. every projected weight, in eval mode."""
         weights = [ref.weight for ref in self.projected_layers()]
+        hooks = [self.input_side_hook(l) for l in range(len(weights))]
+        pending = [None if h is None else h.pending for h in hooks]
         was_training = self.training
         self.eval()
         with torch.enable_grad():
             loss = F.cross_entropy(self(x.to(self.device), t.to(self.device)), y.to(self.device))
             grads = torch.autograd.grad(loss, weights, allow_unused=True)
         self.train(was_training)
+        # autograd.grad leaves .grad alone: the forward must not mark an input-side layer's next gradient for a
+        # second projection (idempotent, but not bit for bit: TRGP then differed from CUBER by rounding)
+        for h, p in zip(hooks, pending):
+            if h is not None and p is not None:
+                h.pending = p
         return list(grads)
 
     def select_regimes(self, grads: list[Tensor | None]) -> list[list[int]]:
