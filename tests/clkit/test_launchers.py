@@ -88,7 +88,10 @@ def _kill_mid_run(cmd: list[str], dirs: list[Path], cwd: Path) -> None:
 @pytest.mark.parametrize("engine", list(ENGINES))
 def test_a_killed_sweep_is_finished_by_a_rerun(tmp_path: Path, engine: str) -> None:
     b = toy(n_exp=4, samples_per_class=512)
-    b["trainer"]["max_epochs"] = 20  # experiences of ~1 s: time to kill the sweep between two of them
+    # experiences of ~2 s on the fast training path: time to kill the sweep between two of them, and long enough
+    # that a Ray worker left by the killed driver is stopped before it finishes the cut run (with 20 epochs the
+    # orphan finished it in 2.5 s and nothing was left to resume)
+    b["trainer"]["max_epochs"] = 100
     path = sweep_file(tmp_path, {"model": [NAIVE, EWC], "seed_everything": [0, 1]}, base=b)
     spec = load_sweep(path)
     runs = plan(spec)[0]
