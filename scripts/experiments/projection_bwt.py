@@ -334,8 +334,11 @@ def doc_tables(paths: list[Path], tag: str, split: str = "test") -> str:
                 for metric in ("bwt", "acc"):
                     d = [cuber[s_][metric] - base[s_][metric] for s_ in seeds]
                     sd = statistics.stdev(d)
-                    diffs.append(f"CUBER - {other[1:]} {metric}: {statistics.mean(d):+.3f} ± {sd:.3f} "
-                                 f"({statistics.mean(d) / sd if sd else math.inf:+.1f} std)")
+                    if not any(d):
+                        diffs.append(f"CUBER - {other[1:]} {metric}: 0 in every seed (identical)")
+                        continue
+                    size = f"{statistics.mean(d) / sd:+.1f} std" if sd else "the same in every seed"
+                    diffs.append(f"CUBER - {other[1:]} {metric}: {statistics.mean(d):+.3f} ± {sd:.3f} ({size})")
         out += ["", "Paired over seeds: " + "; ".join(diffs) + ".", ""]
     return "\n".join(out)
 
