@@ -14,6 +14,21 @@ NAMES = ["classes 0,1", "classes 2,3", "classes 4,5"]
 R = np.array([[0.90, 0.50, 0.45], [0.85, 0.95, 0.52], [0.80, 0.90, 0.97]])
 
 
+def _keep_saved_figure(monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """``captured["fig"]`` becomes the last figure saved (so a test can inspect what a plot function wrote)."""
+    import matplotlib.pyplot as plt
+
+    captured: dict[str, object] = {}
+    original = plt.Figure.savefig
+
+    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
+        captured["fig"] = self
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    return captured
+
+
 def test_matrix_figure_percent_task_names_and_hatched_future_cells() -> None:
     from matplotlib.patches import Rectangle
 
@@ -69,16 +84,8 @@ def test_report_bars_are_zoomed_and_state_seeds_and_setting(tmp_path: Path, monk
 
     groups = [Group({"strategy": s, "scenario": "SplitDigits"}, [run(s, a + 0.01 * k, k) for k in range(5)])
               for s, a in (("Naive", 0.95), ("GPM", 0.97))]
-    import matplotlib.pyplot as plt
 
-    captured = {}
-    original = plt.Figure.savefig
-
-    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
-        captured["fig"] = self
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    captured = _keep_saved_figure(monkeypatch)
     files = plot_bars(tmp_path / "bars.png", groups, [])
     assert [f.suffix for f in files] == [".png", ".pdf"]
     acc_ax, bwt_ax = captured["fig"].axes[:2]
@@ -93,7 +100,6 @@ def test_report_grids_wrap_many_strategies_into_lines_of_at_most_six_panels(
         plot: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """17 strategies on two scenarios: every (scenario, strategy) group gets exactly one panel, a scenario's panels
     wrap after MAX_PANEL_COLUMNS, and a scenario never shares a line with another (the figure stays a page wide)."""
-    import matplotlib.pyplot as plt
 
     from clkit.cli import plots
     from clkit.cli.aggregate import Group, SweepRun
@@ -108,14 +114,7 @@ def test_report_grids_wrap_many_strategies_into_lines_of_at_most_six_panels(
     strategies = [f"S{k:02d}" for k in range(17)]
     groups = [Group({"strategy": s, "scenario": sc}, [run(s, sc, k) for k in range(2)])
               for sc, names in (("SplitDigits", strategies), ("PermutedDigits", strategies[:4])) for s in names]
-    captured = {}
-    original = plt.Figure.savefig
-
-    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
-        captured["fig"] = self
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    captured = _keep_saved_figure(monkeypatch)
     getattr(plots, plot)(tmp_path / "grid.png", groups, ["scenario"])
     fig = captured["fig"]
     panels = [ax for ax in fig.axes if ax.axison and ax.get_title()]
@@ -137,7 +136,6 @@ def test_report_bars_give_each_setting_one_colour_and_centre_a_scenarios_bars(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Settings that occur on different scenarios (task orders on one, train sizes on another): the legend's colour
     of a setting is its bars' colour in every panel, and a scenario's bars sit centred on their tick."""
-    import matplotlib.pyplot as plt
     from matplotlib.colors import to_hex
 
     from clkit.cli.aggregate import Group, SweepRun
@@ -151,14 +149,7 @@ def test_report_bars_give_each_setting_one_colour_and_centre_a_scenarios_bars(
 
     groups = [group(s, "Split", o, "-") for s in ("A", "B") for o in ("[0,1]", "[1,0]")]
     groups += [group(s, "Rotated", "-", z) for s in ("A", "B") for z in ("null", "[50,300]")]
-    captured = {}
-    original = plt.Figure.savefig
-
-    def keep(self: plt.Figure, *args: object, **kwargs: object) -> None:
-        captured["fig"] = self
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(plt.Figure, "savefig", keep)
+    captured = _keep_saved_figure(monkeypatch)
     plot_bars(tmp_path / "bars.png", groups, ["task_order", "train_sizes"])
     fig = captured["fig"]
     legend = {t.get_text(): to_hex(h.get_facecolor()) for t, h in zip(fig.legends[0].get_texts(),
