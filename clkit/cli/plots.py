@@ -77,15 +77,16 @@ def plot_bars(path: Path, groups: list[Group], hue_columns: list[str], hue_title
     strategies = _unique([g.labels["strategy"] for g in groups])
     hues = _unique([tuple(g.labels[c] for c in hue_columns) for g in groups])
     table = {(g.labels["strategy"], g.labels["scenario"], tuple(g.labels[c] for c in hue_columns)): g for g in groups}
-    colours = pyplot().get_cmap("tab10" if len(hues) <= 10 else "tab20")
+    colours = plt.get_cmap("tab10" if len(hues) <= 10 else "tab20")
     colour = {hue: colours(h % 20) for h, hue in enumerate(hues)}  # one colour per setting across every panel
-    n_hues = max(len([h for h in hues if any(k[1] == sc and k[2] == h for k in table)]) for sc in scenarios)
+    hues_of = {sc: [h for h in hues if any((s, sc, h) in table for s in strategies)] for sc in scenarios}
+    n_hues = max(len(v) for v in hues_of.values())
     panel_w = min(max(3.2, 0.45 * len(strategies) * n_hues + 1.0), max(8.0, 0.5 * len(strategies) + 1.0))
     fig, axes = plt.subplots(len(scenarios), 2, squeeze=False, figsize=(2 * panel_w + 0.6, 0.8 + 3.0 * len(scenarios)))
     for r, scenario in enumerate(scenarios):
         row_groups = [g for g in groups if g.labels["scenario"] == scenario]
         present = [s for s in strategies if any((s, scenario, hue) in table for hue in hues)]
-        row_hues = [h for h in hues if any((s, scenario, h) in table for s in present)]  # bars centred on the tick
+        row_hues = hues_of[scenario]  # only this scenario's settings: its bars centred on the tick
         width = 0.8 / max(len(row_hues), 1)
         for c, (metric, label) in enumerate(BAR_METRICS):
             ax = axes[r][c]
