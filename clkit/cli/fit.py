@@ -212,6 +212,21 @@ def run_fit(args: list[str]) -> Path:
                             f"({err.filename or run_dir})") from None
 
 
+def _interruption(err: BaseException) -> Exception | None:
+    """The :class:`clkit.errors.Interrupted` in ``err``'s cause/context chain, if any: Ctrl-C raises it from a signal
+    handler wherever the process is, e.g. inside ``inspect.getfullargspec``, which turns it into a TypeError."""
+    from clkit.errors import Interrupted
+
+    seen: set[int] = set()
+    cur: BaseException | None = err
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, Interrupted):
+            return cur
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def _fit(cli: Any, run_dir: Path) -> Path:
     from clkit.cli.rundir import prepare_run_dir
     from clkit.errors import Interrupted, NonFiniteLossError
@@ -228,7 +243,13 @@ def _fit(cli: Any, run_dir: Path) -> Path:
                     test_passes=int(cfg.get("test_passes", 1)), about={"config": config})
     status = "failed"
     try:
-        result = run.run(resume=resume)
+        try:
+            result = run.run(resume=resume)
+        except Exception as err:  # a library's `except Exception` may have wrapped a Ctrl-C raised inside it
+            interrupted = _interruption(err)
+            if interrupted is None:
+                raise
+            raise interrupted from None
         status = "success"
     except ClkitError as err:
         if not _is_rank_zero():

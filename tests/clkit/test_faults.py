@@ -219,3 +219,20 @@ def test_a_second_process_on_a_run_directory_is_refused_and_ctrl_c_exits_130(tmp
     assert resumed.returncode == 0, err
     matrix = json.loads((run / "results.json").read_text())["accuracy_matrix"]
     assert torch.isfinite(torch.tensor(matrix)).all()
+
+
+def test_a_ctrl_c_that_a_library_wrapped_in_another_exception_is_still_an_interruption() -> None:
+    """Ctrl-C inside inspect.getfullargspec (Lightning's hook-signature check) came out as 'TypeError: unsupported
+    callable' and exit code 1; the interruption is found in the exception chain."""
+    from clkit.cli.fit import _interruption
+    from clkit.errors import Interrupted
+
+    try:
+        try:
+            raise Interrupted("interrupted (Ctrl-C)")
+        except Exception as ex:
+            raise TypeError("unsupported callable") from ex
+    except TypeError as wrapped:
+        found = _interruption(wrapped)
+    assert isinstance(found, Interrupted)
+    assert _interruption(TypeError("unrelated")) is None
